@@ -1,0 +1,22 @@
+"""specmetrics: sparsity and weight spectra of neural networks.
+
+Importing this package is light: it imports numpy and torch only, and changes no
+logging, warning or torch state. Optional dependencies (pandas, matplotlib,
+weightwatcher, transformers, triton) are imported where they are used.
+"""
+from ._checks import ParameterError
+from .powerlaw import DegenerateSpectrumWarning, PowerLawFit, fit_power_law
+from .report import LayerSpectrum, SpectrumReport
+from .spectrum import esd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "esd",
+    "fit_power_law",
+    "PowerLawFit",
+    "LayerSpectrum",
+    "SpectrumReport",
+    "ParameterError",
+    "DegenerateSpectrumWarning",
+]

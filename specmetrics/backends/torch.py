@@ -1,0 +1,148 @@
+"""The native backend: batched eigenvalues in torch, vectorised fits, pure metrics."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import metrics as M
+from ..layers import WeightMatrix, list_weight_matrices, split_matrices
+from ..powerlaw import DegenerateSpectrumWarning, PowerLawFit, fit_power_law
+from ..report import LayerSpectrum, SpectrumReport
+from ..spectrum import _skip_reason, eigenvalues, layer_eigenvalues
+
+__all__ = ["analyze", "layer_row"]
+
+_WW_TYPES = {"linear": "dense", "tensor": "dense", "conv1d": "conv1d", "conv2d": "conv2d", "embedding": "embedding"}
+
+
+def _ww_warning(alpha: float) -> str:
+    if not math.isfinite(alpha):
+        return "failed"
+    if alpha < 2.0:
+        return "over-trained"
+    if alpha > 6.0:
+        return "under-trained"
+    return ""
+
+
+def layer_row(
+    w: WeightMatrix,
+    evals: np.ndarray,
+    *,
+    xmin: Any = "ks",
+    clip_xmax: bool = False,
+    distribution: str = "power_law",
+) -> tuple[dict[str, PowerLawFit], dict[str, Any]]:
+    """All fits and metrics of one matrix from its eigenvalues (pure function).
+
+    Returns
+    -------
+    fits : dict
+        ``"alpha"``, ``"alpha_peak"``, ``"alpha_mid"`` -> :class:`PowerLawFit`.
+    row : dict
+        WeightWatcher's columns plus ``alpha_peak``, ``alpha_mid``, ``n_params``.
+    """
+    n, m, rf = w.n_m_rf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateSpectrumWarning)
+        fits = {
+            "alpha": fit_power_law(evals, xmin=xmin, clip_xmax=clip_xmax, distribution=distribution, warn=False),
+            "alpha_peak": fit_power_law(evals, xmin="peak", warn=False),
+            "alpha_mid": fit_power_law(evals, xmin="mid", warn=False),
+        }
+    main = fits["alpha"]
+    row: dict[str, Any] = {
+        "alpha": main.alpha,
+        "xmin": main.xmin,
+        "xmax": main.xmax,
+        "D": main.ks_distance,
+        "sigma": main.sigma,
+        "num_pl_spikes": main.n_tail if main.success else 0,
+    }
+    row.update(M.norm_metrics(evals, n, main.alpha))
+    row.update(
+        N=n, M=m, Q=n / m, rf=rf, layer_type=_WW_TYPES[w.kind], has_esd=True,
+        status="success" if main.success else "failed", warning=_ww_warning(main.alpha),
+        alpha_peak=fits["alpha_peak"].alpha, alpha_mid=fits["alpha_mid"].alpha,
+        n_params=w.n_params, fit_message=main.message,
+    )
+    if distribution == "truncated_power_law":
+        row["Lambda"] = main.truncation
+    if clip_xmax:
+        row["num_fingers"] = main.n_fingers
+    return fits, row
+
+
+def _random_eigenvalues(w: WeightMatrix, *, seed: int, dtype, device, method: str) -> np.ndarray:
+    """Eigenvalues of an element-shuffled copy of ``w`` (seeded)."""
+    weight = w.load().to(device=device, dtype=dtype)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    perm = torch.randperm(weight.numel(), generator=gen).to(device)
+    shuffled = weight.reshape(-1)[perm].reshape(weight.shape)
+    mats, scale = split_matrices(shuffled, w.kind)
+    ev = (eigenvalues(mats, method=method) * scale).reshape(-1)
+    return np.sort(ev.to(torch.float64).cpu().numpy())
+
+
+def analyze(
+    source: Any,
+    *,
+    include=None,
+    exclude=None,
+    dtype=torch.float64,
+    device=torch.device("cpu"),
+    method: str = "gram",
+    xmin: Any = "ks",
+    clip_xmax: bool = False,
+    distribution: str = "power_law",
+    mp_fit: bool = False,
+    randomize: bool = False,
+    seed: int = 0,
+    min_evals: int = 8,
+    max_evals: int = 15000,
+    max_n: int = 50000,
+    batch_bytes: int = 1 << 28,
+    progress: bool = False,
+) -> SpectrumReport:
+    """Native implementation of :func:`specmetrics.esd` (same parameters)."""
+    matrices = list_weight_matrices(source, include=include, exclude=exclude)
+    skipped: dict[str, str] = {}
+    todo: list[WeightMatrix] = []
+    for w in matrices:
+        reason = _skip_reason(w, min_evals, max_evals, max_n)
+        if reason is None:
+            todo.append(w)
+        else:
+            skipped[w.name] = reason
+    results: dict[str, LayerSpectrum] = {}
+    position = {w.name: i for i, w in enumerate(todo)}
+    for w, ev in (
+        layer_eigenvalues(todo, dtype=dtype, device=device, method=method, batch_bytes=batch_bytes, progress=progress)
+    ):
+        fits, row = layer_row(w, ev, xmin=xmin, clip_xmax=clip_xmax, distribution=distribution)
+        n, m, _ = w.n_m_rf
+        if mp_fit:
+            row.update(M.mp_fit(ev, n, m))
+        if randomize:
+            rand = _random_eigenvalues(w, seed=seed + position[w.name], dtype=dtype, device=device, method=method)
+            row["rand_distance"] = M.rand_distance(ev, rand)
+            row["max_rand_eval"] = float(rand.max())
+            row["ww_softrank"] = float(rand.max() / ev.max())
+        results[w.name] = LayerSpectrum(w.name, w.kind, w.shape, w.n_params, ev, fits, row)
+    failed = [k for k, v in results.items() if not v.fit.success]
+    if failed:
+        warnings.warn(
+            f"The power-law fit failed on {len(failed)} matrices ({', '.join(failed[:5])}"
+            f"{', ...' if len(failed) > 5 else ''}); their alpha is NaN, see the 'fit_message' column.",
+            DegenerateSpectrumWarning,
+            stacklevel=3,
+        )
+    ordered = {w.name: results[w.name] for w in todo}
+    return SpectrumReport(ordered, backend="torch", skipped=skipped, options=dict(
+        dtype=str(dtype), device=str(device), method=method, xmin=xmin, clip_xmax=clip_xmax,
+        distribution=distribution, mp_fit=mp_fit, randomize=randomize, seed=seed,
+    ))

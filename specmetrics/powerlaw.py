@@ -1,0 +1,418 @@
+"""Continuous power-law fits of an eigenvalue spectrum's tail.
+
+One vectorised KS scan serves every ``xmin`` policy:
+
+``"ks"``
+    WeightWatcher's default fit (``WW_powerlaw.WWFit``): every eigenvalue is an
+    ``xmin`` candidate and the one with the smallest Kolmogorov-Smirnov distance wins.
+``"peak"``
+    AlphaPruning's ``alpha_peak``: candidates restricted to the window around the
+    peak ``p`` of the log-ESD histogram, with the lower bound ``log10(0.95 p)``
+    exactly as the reference computes it (a log value compared with linear
+    eigenvalues, so in effect "any xmin <= 1.5 p").
+``"peak_corrected"``
+    The same window with the lower bound in linear units, ``[0.95 p, 1.5 p]``.
+``"mid"``
+    AlphaPruning's ``alpha_mid``: ``xmin`` is the eigenvalue at index ``n // 2``
+    of the ascending spectrum; one Hill estimate.
+a float
+    A fixed ``xmin``: the smallest eigenvalue ``>= xmin`` starts the tail; one Hill
+    estimate.
+
+For a tail starting at the ``i``-th smallest eigenvalue, with ``n = N - i``::
+
+    alpha_i = 1 + n / (sum_{j>=i} ln lambda_j - n ln lambda_i)
+    D_i     = max_{j>=i} | 1 - (lambda_j / lambda_i)^(1 - alpha_i) - (j - i) / n |
+    sigma_i = (alpha_i - 1) / sqrt(n)
+
+References
+----------
+.. [1] C. H. Martin, M. W. Mahoney, "Implicit self-regularization in deep neural
+   networks", JMLR 22 (2021); WeightWatcher 0.7 ``WW_powerlaw.WWFit``.
+.. [2] H. Lu et al., "AlphaPruning: Using heavy-tailed self regularization theory
+   for improved layer-wise pruning of large language models", NeurIPS 2024;
+   ``lib/esd_utils.py::net_esd_estimator``.
+.. [3] A. Clauset, C. R. Shalizi, M. E. J. Newman, "Power-law distributions in
+   empirical data", SIAM Review 51 (2009).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from ._checks import ParameterError, check_choice, check_positive_int, fail
+
+__all__ = ["PowerLawFit", "DegenerateSpectrumWarning", "fit_power_law", "XMIN_POLICIES"]
+
+XMIN_POLICIES = ("ks", "peak", "peak_corrected", "mid")
+EVALS_THRESH = 1e-5  # WeightWatcher's EVALS_THRESH: eigenvalues at or below are dropped
+SMALL_N = 20  # WeightWatcher switches to its bias-corrected small-sample fit below this
+_CHUNK_ELEMENTS = 1 << 22  # elements of one (candidates x eigenvalues) block of the KS scan
+
+
+class DegenerateSpectrumWarning(RuntimeWarning):
+    """A spectrum could not be fitted (too few eigenvalues, NaN/inf, no candidate)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLawFit:
+    """Result of :func:`fit_power_law`.
+
+    Attributes
+    ----------
+    alpha : float
+        Power-law exponent of the tail density ``p(x) ~ x^-alpha``; NaN on failure.
+    xmin, xmax : float
+        Smallest and largest eigenvalue of the fitted tail.
+    ks_distance : float
+        Kolmogorov-Smirnov distance of the fit (WeightWatcher's ``D``).
+    sigma : float
+        Standard error ``(alpha - 1) / sqrt(n_tail)``.
+    n_tail : int
+        Eigenvalues in the tail, ``#(lambda >= xmin)`` (WeightWatcher's ``num_pl_spikes``).
+    success : bool
+        Whether the fit produced a usable exponent.
+    message : str
+        Why the fit failed, or a short description of what was done.
+    method : str
+        The ``xmin`` policy used (``"ks"``, ``"peak"``, ``"peak_corrected"``, ``"mid"``,
+        ``"fixed"``), suffixed with ``"+clip_xmax"`` / ``"+tpl"`` where those applied.
+    truncation : float
+        Exponential cut-off ``Lambda`` of a truncated power law (NaN otherwise).
+    n_fingers : int
+        Largest eigenvalues removed by ``clip_xmax`` (0 otherwise).
+    """
+
+    alpha: float
+    xmin: float
+    xmax: float
+    ks_distance: float
+    sigma: float
+    n_tail: int
+    success: bool
+    message: str = ""
+    method: str = "ks"
+    truncation: float = math.nan
+    n_fingers: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _failed(message: str, method: str, *, warn: bool = True) -> PowerLawFit:
+    if warn:
+        warnings.warn(message, DegenerateSpectrumWarning, stacklevel=3)
+    nan = math.nan
+    return PowerLawFit(nan, nan, nan, nan, nan, 0, False, message, method)
+
+
+# ---------------------------------------------------------------------------
+# the KS scan
+# ---------------------------------------------------------------------------
+
+
+def ks_scan(x: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hill exponents and KS distances for tails starting at ``x[lo:hi]``.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (N,)
+        Positive eigenvalues sorted ascending (any float dtype, any device).
+    lo, hi : int
+        Candidate start indices ``lo <= i < hi``, ``hi <= N - 1``.
+
+    Returns
+    -------
+    alphas, ds : torch.Tensor, shape (hi - lo,)
+        ``alpha_i`` and ``D_i``; ``D_i = 1`` where ``alpha_i <= 1`` (WeightWatcher's
+        convention, so such candidates never win).
+    """
+    n_all = x.shape[0]
+    logx = torch.log(x)
+    # suffix sums of ln(x): suffix[i] = sum_{j>=i} ln x_j
+    suffix = torch.flip(torch.cumsum(torch.flip(logx, (0,)), 0), (0,))
+    idx = torch.arange(lo, hi, device=x.device)
+    n = (n_all - idx).to(x.dtype)
+    alphas = 1.0 + n / (suffix[idx] - n * logx[idx])
+    ds = torch.ones_like(alphas)
+    cols = torch.arange(n_all, device=x.device)
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n_all - lo))
+    for start in range(0, hi - lo, rows_per_chunk):
+        stop = min(hi - lo, start + rows_per_chunk)
+        i = idx[start:stop]
+        first = int(i[0])
+        c = cols[first:]
+        a = alphas[start:stop, None]
+        k = (c[None, :] - i[:, None]).to(x.dtype)  # j - i
+        # (x_j / x_i)^(1 - alpha) as exp((1 - alpha)(ln x_j - ln x_i))
+        theo = 1.0 - torch.exp((1.0 - a) * (logx[None, first:] - logx[i][:, None]))
+        dev = torch.abs(theo - k / n[start:stop, None])
+        dev = torch.where(k >= 0, dev, torch.zeros((), dtype=x.dtype, device=x.device))
+        d = dev.amax(dim=1)
+        ds[start:stop] = torch.where(alphas[start:stop] > 1, d, ds[start:stop])
+    return alphas, ds
+
+
+def _small_n_scan(x: torch.Tensor, k_min: int = 8) -> tuple[int, float, float]:
+    """WeightWatcher 0.7.7's fit for fewer than 20 eigenvalues.
+
+    Bias-corrected exponent ``1 + (n - 1) / sum ln(x / xmin)`` and the objective
+    ``D - 0.868 / sqrt(n)`` over tails of at least ``k_min`` eigenvalues.
+    Returns ``(index, alpha, D)``.
+    """
+    xs = x.double().cpu().numpy()
+    logx = np.log(xs)
+    n_all = len(xs)
+    best = (math.inf, 0, math.nan, math.nan)
+    for i in range(n_all - 1):
+        n = n_all - i
+        if n < k_min:
+            continue
+        s = float(np.sum(logx[i:]) - n * logx[i])
+        if s <= 1e-12:
+            continue
+        a = 1.0 + (n - 1.0) / s
+        if a <= 1.0:
+            continue
+        theo = 1.0 - (xs[i:] / xs[i]) ** (1.0 - a)
+        d = float(np.max(np.abs(np.arange(n) / n - theo)))
+        j = d - 0.868 / math.sqrt(n)
+        if j < best[0]:
+            best = (j, i, a, d)
+    if not math.isfinite(best[0]):
+        s = float(np.sum(logx) - n_all * logx[0])
+        if s <= 1e-12:
+            return 0, 1.0, 1.0
+        a = 1.0 + (n_all - 1.0) / s
+        theo = 1.0 - (xs / xs[0]) ** (1.0 - a)
+        return 0, a, float(np.max(np.abs(np.arange(n_all) / n_all - theo)))
+    return best[1], best[2], best[3]
+
+
+def log10_peak(x: torch.Tensor, bins: int = 100) -> torch.Tensor:
+    """Left edge ``10**edge`` of the fullest bin of the histogram of ``log10(x)``.
+
+    Bins are ``torch.histc`` bins over ``[min, max]`` of ``log10(x)`` with edges
+    ``linspace(min, max, bins + 1)``, computed in ``x``'s dtype (as AlphaPruning did).
+    """
+    h = torch.log10(x)
+    lo, hi = h.min(), h.max()
+    counts = torch.histc(h, bins=bins, min=float(lo), max=float(hi))
+    edges = torch.linspace(float(lo), float(hi), bins + 1, dtype=x.dtype, device=x.device)
+    return 10 ** edges[torch.argmax(counts)]
+
+
+def _window(x: torch.Tensor, policy: str, bins: int) -> tuple[int, int, float]:
+    """Candidate index range ``[lo, hi)`` of the peak policies (``hi <= N - 1``)."""
+    p = log10_peak(x, bins)
+    upper = 1.5 * p
+    lower = torch.log10(0.95 * p) if policy == "peak" else 0.95 * p
+    n_all = x.shape[0]
+    lo = int(torch.searchsorted(x, lower.to(x.dtype), right=False))
+    hi = int(torch.searchsorted(x, upper.to(x.dtype), right=True))
+    return lo, min(hi, n_all - 1), float(p)
+
+
+# ---------------------------------------------------------------------------
+# public entry point
+# ---------------------------------------------------------------------------
+
+
+def _as_tensor(eigenvalues: Any, func: str) -> torch.Tensor:
+    if isinstance(eigenvalues, torch.Tensor):
+        t = eigenvalues.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(eigenvalues))
+        except (TypeError, ValueError) as err:
+            raise fail("eigenvalues", func, "a 1-D array of real numbers", type(eigenvalues).__name__) from err
+    if t.is_complex() or t.dtype == torch.bool:
+        raise fail("eigenvalues", func, "a 1-D array of real numbers", str(t.dtype))
+    return t.reshape(-1)
+
+
+def fit_power_law(
+    eigenvalues: Any,
+    *,
+    xmin: Union[str, float] = "ks",
+    clip_xmax: bool = False,
+    distribution: str = "power_law",
+    thresh: float | None = EVALS_THRESH,
+    precision: str = "float64",
+    bins: int = 100,
+    max_fingers: int = 10,
+    warn: bool = True,
+) -> PowerLawFit:
+    """Fit a continuous power law to the upper tail of an eigenvalue spectrum.
+
+    Parameters
+    ----------
+    eigenvalues : array-like or torch.Tensor, shape (N,)
+        Eigenvalues of ``W^T W`` (squared singular values); any order.
+    xmin : {"ks", "peak", "peak_corrected", "mid"} or float, default "ks"
+        How the start of the tail is chosen (see the module docstring).
+    clip_xmax : bool, default False
+        WeightWatcher's ``fix_fingers="clip_xmax"``: refit with the top 2, 3, ...
+        eigenvalues removed; keep the first refit whose alpha is more than 1 below
+        the original, stop at alpha <= 2 or after ``max_fingers - 1`` tries.
+    distribution : {"power_law", "truncated_power_law"}, default "power_law"
+        ``"truncated_power_law"`` refits the chosen tail with the ``powerlaw``
+        package (optional dependency) and reports its ``alpha`` and ``Lambda``.
+    thresh : float or None, default 1e-5
+        Eigenvalues ``<= thresh`` are dropped before fitting (WeightWatcher's
+        ``EVALS_THRESH``). ``None`` keeps them all (AlphaPruning), non-positive
+        eigenvalues are dropped regardless.
+    precision : {"float64", "float32"}, default "float64"
+        ``"float32"`` rounds the eigenvalues to float32 and bins the log-ESD in
+        float32, as AlphaPruning ran it; the exponents are then computed in float64.
+    bins : int, default 100
+        Histogram bins of the peak policies.
+    max_fingers : int, default 10
+        Bound of the ``clip_xmax`` search (WeightWatcher forces 10).
+    warn : bool, default True
+        Emit :class:`DegenerateSpectrumWarning` when the fit fails.
+
+    Returns
+    -------
+    PowerLawFit
+        ``success=False`` with ``alpha=nan`` and a message when no fit is possible;
+        never a ``-1`` sentinel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> lam = (1 - rng.random(5000)) ** (-1 / 2.0)  # density ~ x^-3 above 1
+    >>> fit = fit_power_law(lam, xmin=1.0)
+    >>> round(fit.alpha, 1)
+    3.0
+    """
+    func = "fit_power_law"
+    fixed: float | None = None
+    if isinstance(xmin, str):
+        check_choice(xmin, XMIN_POLICIES, name="xmin", func=func)
+        policy = xmin
+    else:
+        try:
+            fixed = float(xmin)
+        except (TypeError, ValueError):
+            raise fail("xmin", func, f"one of {XMIN_POLICIES} or a positive number", xmin) from None
+        if not (math.isfinite(fixed) and fixed > 0):
+            raise fail("xmin", func, f"one of {XMIN_POLICIES} or a positive number", xmin)
+        policy = "fixed"
+    check_choice(distribution, ("power_law", "truncated_power_law"), name="distribution", func=func)
+    check_choice(precision, ("float64", "float32"), name="precision", func=func)
+    check_positive_int(bins, name="bins", func=func, minimum=2)
+    check_positive_int(max_fingers, name="max_fingers", func=func, minimum=2)
+    if thresh is not None and not (isinstance(thresh, (int, float)) and math.isfinite(thresh) and thresh >= 0):
+        raise fail("thresh", func, "a non-negative number or None", thresh)
+
+    t = _as_tensor(eigenvalues, func)
+    method = policy
+    if not torch.is_floating_point(t):
+        t = t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        return _failed("the spectrum contains NaN or inf", method, warn=warn)
+    work = torch.float32 if precision == "float32" else torch.float64
+    x = torch.sort(t.to(work)).values
+    x = x[x > (thresh if thresh is not None else 0.0)]
+    if x.shape[0] < 2:
+        return _failed(f"too few eigenvalues above the threshold to fit a tail ({x.shape[0]})", method, warn=warn)
+    if float(x[-1]) == float(x[0]):
+        return _failed("all eigenvalues are equal: no tail to fit", method, warn=warn)
+
+    fit = _fit_sorted(x, policy, fixed, bins)
+    if fit.success and clip_xmax:
+        fit = _clip_fingers(x, fit, policy, fixed, bins, max_fingers)
+    if fit.success and distribution == "truncated_power_law":
+        fit = _truncated(x, fit)
+    if not fit.success and warn:
+        warnings.warn(fit.message, DegenerateSpectrumWarning, stacklevel=2)
+    # n_tail counts the eigenvalues as given (WeightWatcher counts before thresholding)
+    if fit.success:
+        n_tail = int((t.to(torch.float64) >= fit.xmin).sum())
+        fit = dataclasses.replace(fit, n_tail=n_tail)
+    return fit
+
+
+def _fit_sorted(x: torch.Tensor, policy: str, fixed: float | None, bins: int) -> PowerLawFit:
+    """Fit ascending positive eigenvalues ``x`` with one ``xmin`` policy."""
+    n_all = x.shape[0]
+    xmax = float(x[-1])
+    x64 = x.to(torch.float64)
+    if policy in ("mid", "fixed"):
+        if policy == "mid":
+            i = n_all // 2
+        else:
+            i = int(torch.searchsorted(x64, torch.tensor(fixed, dtype=torch.float64)))
+        if i >= n_all - 1:
+            return _failed("the fixed xmin leaves fewer than 2 eigenvalues in the tail", policy, warn=False)
+        a, d = ks_scan(x64, i, i + 1)
+        return _result(x64, i, float(a[0]), float(d[0]), policy)
+    if policy == "ks" and n_all < SMALL_N:
+        i, a, d = _small_n_scan(x64)
+        return _result(x64, i, a, d, policy, note=f"small-sample fit (N={n_all} < {SMALL_N})")
+    if policy == "ks":
+        lo, hi = 0, n_all - 1
+    else:
+        lo, hi, _ = _window(x, policy, bins)
+        if hi <= lo:
+            return _failed("no eigenvalue lies in the peak window of the log-ESD", policy, warn=False)
+    alphas, ds = ks_scan(x64, lo, hi)
+    k = int(torch.argmin(ds))
+    if float(ds[k]) >= 1.0:
+        return _failed("no xmin candidate gives alpha > 1", policy, warn=False)
+    return _result(x64, lo + k, float(alphas[k]), float(ds[k]), policy)
+
+
+def _result(x: torch.Tensor, i: int, alpha: float, d: float, method: str, note: str = "") -> PowerLawFit:
+    n = x.shape[0] - i
+    if not (math.isfinite(alpha) and alpha > 1.0):
+        return _failed(f"the tail from xmin={float(x[i]):.6g} gives alpha={alpha:.6g} (<= 1)", method, warn=False)
+    sigma = (alpha - 1.0) / math.sqrt(n)
+    return PowerLawFit(alpha, float(x[i]), float(x[-1]), d, sigma, n, True, note, method)
+
+
+def _clip_fingers(
+    x: torch.Tensor, first: PowerLawFit, policy: str, fixed: float | None, bins: int, max_fingers: int
+) -> PowerLawFit:
+    """WeightWatcher's ``fit_clipped_powerlaw`` (finger threshold 1.0, minimum alpha 2)."""
+    for k in range(2, max_fingers):
+        if x.shape[0] - k < 2:
+            break
+        fit = _fit_sorted(x[:-k], policy, fixed, bins)
+        if not fit.success:
+            break
+        if fit.alpha + 1.0 < first.alpha:
+            return dataclasses.replace(fit, method=f"{fit.method}+clip_xmax", n_fingers=k - 1)
+        if fit.alpha <= 2.0:
+            break
+    return dataclasses.replace(first, method=f"{first.method}+clip_xmax")
+
+
+def _truncated(x: torch.Tensor, fit: PowerLawFit) -> PowerLawFit:
+    """Refit the chosen tail as a truncated power law with the ``powerlaw`` package."""
+    try:
+        import powerlaw  # optional dependency
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "distribution='truncated_power_law' needs the 'powerlaw' package: pip install 'specmetrics[ww]'"
+        ) from err
+    import contextlib
+    import io
+
+    data = x.to(torch.float64).cpu().numpy()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        pl = powerlaw.Fit(data, xmin=fit.xmin, verbose=False)
+        tpl = pl.truncated_power_law
+        alpha, lam = float(tpl.alpha), float(tpl.Lambda)
+        ks = float(tpl.D) if tpl.D is not None else math.nan
+    if not math.isfinite(alpha):
+        return dataclasses.replace(fit, success=False, alpha=math.nan, message="truncated power-law fit failed")
+    return dataclasses.replace(fit, alpha=alpha, truncation=lam, ks_distance=ks, method=f"{fit.method}+tpl")
