@@ -20,3 +20,10 @@ __all__ = [
     "ParameterError",
     "DegenerateSpectrumWarning",
 ]
+
+from .allocation import Allocation, AlphaPruningConfig, DegenerateMetricWarning, OWLConfig, UniformConfig, allocate  # noqa: E402
+__all__ += ["allocate", "Allocation", "AlphaPruningConfig", "OWLConfig", "UniformConfig", "DegenerateMetricWarning"]
+from .evaluation import FidelityResult, ZeroShotResult, embedding_fidelity, load_text, perplexity, zero_shot  # noqa: E402
+__all__ += ["perplexity", "zero_shot", "ZeroShotResult", "embedding_fidelity", "FidelityResult", "load_text"]
+from .pruning import MagnitudeConfig, PruneError, PruneReport, SparseGPTConfig, WandaConfig, prune  # noqa: E402
+__all__ += ["prune", "PruneReport", "PruneError", "WandaConfig", "SparseGPTConfig", "MagnitudeConfig"]

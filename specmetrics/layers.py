@@ -16,7 +16,9 @@ a path to a ``.safetensors`` file, or a folder of shards
     Every tensor whose key ends in ``.weight`` and has 2 or more dimensions; the
     name is the key without ``.weight``. 4-D tensors are convolutions; 2-D tensors
     whose last name component contains ``embed`` (or is ``wte``/``wpe``) are
-    embeddings, the rest linear.
+    embeddings, the rest linear. With ``"tie_word_embeddings": true`` in the
+    ``config.json`` beside them, an ``lm_head.weight`` equal to the input
+    embedding is skipped, as ``from_pretrained`` ties it (counted once).
 a folder or Hugging Face hub id without safetensors
     Loaded with ``transformers.AutoModel.from_pretrained`` (optional dependency).
 a hub id
@@ -117,8 +119,8 @@ def name_filter(include: Pattern, exclude: Pattern, *, func: str = "esd") -> Cal
             return None
         if callable(p):
             return p
-        pats = [p] if isinstance(p, str) else list(p)
         try:
+            pats = [p] if isinstance(p, str) else list(p)
             regs = [re.compile(x) for x in pats]
         except (re.error, TypeError) as err:
             raise fail(label, func, "a regular expression, a sequence of them or a callable", p) from err
@@ -201,19 +203,65 @@ def _from_state_dict(state: Mapping) -> Iterator[WeightMatrix]:
 
 def _safetensors_files(path: Path) -> list[Path]:
     if path.is_file():
-        return [path]
+        return [path] if path.suffix == ".safetensors" else []
     files = sorted(path.glob("*.safetensors"))
     return files
+
+
+_TIED_OUTPUT_KEY = "lm_head.weight"
+
+
+def _tied_duplicates(files: Sequence[Path]) -> set:
+    """Keys transformers would replace by the input embedding when it builds the model.
+
+    With ``"tie_word_embeddings": true`` in the ``config.json`` next to the files,
+    ``from_pretrained`` ties ``lm_head.weight`` to the input embedding unless the
+    checkpoint stores both with different values; the tied module is then counted
+    once. A stored ``lm_head.weight`` equal to an embedding is skipped likewise.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    config_path = files[0].parent / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return set()
+    tied = config.get("tie_word_embeddings", (config.get("text_config") or {}).get("tie_word_embeddings"))
+    if tied is not True:
+        return set()
+    where: dict = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                where[key] = f
+    if _TIED_OUTPUT_KEY not in where:
+        return set()
+
+    def load(key: str) -> torch.Tensor:
+        with safe_open(str(where[key]), framework="pt") as h:
+            return h.get_tensor(key)
+
+    head = load(_TIED_OUTPUT_KEY)
+    for key in where:
+        name = key[: -len(".weight")] if key.endswith(".weight") else key
+        if key != _TIED_OUTPUT_KEY and _key_kind(name, 2) == "embedding":
+            emb = load(key)
+            if emb.shape == head.shape and torch.equal(emb, head):
+                return {_TIED_OUTPUT_KEY}
+    return set()
 
 
 def _from_safetensors(files: Sequence[Path]) -> Iterator[WeightMatrix]:
     from safetensors import safe_open
 
+    skip = _tied_duplicates(files)
     for f in files:
         with safe_open(str(f), framework="pt") as handle:
             keys = list(handle.keys())
             for key in keys:
-                if not key.endswith(".weight"):
+                if not key.endswith(".weight") or key in skip:
                     continue
                 sl = handle.get_slice(key)
                 shape = tuple(sl.get_shape())
@@ -251,6 +299,13 @@ def _hub_snapshot(repo_id: str) -> Optional[Path]:
     return local if _safetensors_files(local) else None
 
 
+def _looks_local(source: Any) -> bool:
+    """A path object, or a string no hub id can be (absolute, relative, ``~``, a file suffix)."""
+    if not isinstance(source, str):
+        return True
+    return source.startswith(("/", "./", "../", "~", "\\")) or source.endswith((".safetensors", ".bin", ".pt", ".pth"))
+
+
 def _iter_source(source: Any) -> Iterator[WeightMatrix]:
     if isinstance(source, torch.nn.Module):
         yield from _from_module(source)
@@ -262,6 +317,8 @@ def _iter_source(source: Any) -> Iterator[WeightMatrix]:
         yield from _from_state_dict(source)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if not path.exists() and _looks_local(source):
+            raise fail("source", "esd", "an existing file or folder, or a Hugging Face hub id", str(source))
         if path.exists():
             files = _safetensors_files(path)
             if files:

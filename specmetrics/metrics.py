@@ -41,6 +41,11 @@ __all__ = [
 
 WEAK_RANK_TOLERANCE = 1e-6
 _ENTROPY_EPS = 1e-10
+_NORM_KEYS = (
+    "norm", "log_norm", "spectral_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm",
+    "stable_rank", "matrix_rank", "entropy", "rank_loss", "weak_rank_loss", "lambda_max", "sv_max",
+    "sv_min", "num_evals",
+)
 
 
 def matrix_rank(evals: np.ndarray, n: int) -> int:
@@ -53,14 +58,26 @@ def matrix_rank(evals: np.ndarray, n: int) -> int:
     n : int
         Largest side ``N`` of ``W``.
     """
-    s = np.sqrt(np.clip(evals, 0.0, None))
+    s = np.sqrt(np.clip(np.asarray(evals, dtype=np.float64), 0.0, None))
+    if s.size == 0:
+        return 0
     tol = s.max() * n * np.finfo(np.float64).eps
     return int(np.count_nonzero(s > tol))
 
 
 def matrix_entropy(evals: np.ndarray, n: int) -> float:
-    """Normalised spectral entropy ``-sum p ln p / ln rank`` in [0, 1] (WeightWatcher's)."""
-    rank = matrix_rank(evals, n) + _ENTROPY_EPS
+    """Normalised spectral entropy ``-sum p ln p / ln rank`` in [0, 1] (WeightWatcher's).
+
+    ``p = lambda / sum lambda + 1e-10`` as in WeightWatcher, so a flat spectrum gives
+    ``1 + O(M * 1e-10)``. A matrix of rank 1 gives 0 (WeightWatcher divides by
+    ``ln(1 + 1e-10)`` and reports values in the hundreds); rank 0 gives NaN.
+    """
+    rank = matrix_rank(evals, n)
+    if rank == 0:
+        return math.nan
+    if rank == 1:
+        return 0.0
+    rank = rank + _ENTROPY_EPS
     p = evals / np.sum(evals) + _ENTROPY_EPS
     return float(-np.sum(p * np.log(p)) / np.log(rank))
 
@@ -84,7 +101,12 @@ def norm_metrics(evals: np.ndarray, n: int, alpha: float) -> dict[str, Any]:
         log_alpha_norm, stable_rank, matrix_rank, entropy, rank_loss,
         weak_rank_loss, lambda_max, sv_max, sv_min, num_evals``.
     """
-    evals = np.asarray(evals, dtype=np.float64)
+    evals = np.asarray(evals, dtype=np.float64).reshape(-1)
+    if evals.size == 0 or not np.all(np.isfinite(evals)):
+        # no spectrum (empty, or a NaN/inf weight): every metric is undefined
+        out = dict.fromkeys(_NORM_KEYS, math.nan)
+        out["num_evals"] = int(evals.size)
+        return out
     total = float(np.sum(evals))
     lmax = float(np.max(evals))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -174,6 +196,9 @@ def mp_fit(evals: np.ndarray, n: int, m: int, *, bandwidth: float = 0.1) -> dict
     from scipy import optimize
 
     evals = np.asarray(evals, dtype=np.float64)
+    if evals.size == 0 or not np.all(np.isfinite(evals)) or not float(np.sum(evals)) > 0:
+        # no bulk to fit (a NaN/inf weight, or W = 0); WeightWatcher reports -1 sentinels here
+        return dict.fromkeys(("sigma_mp", "bulk_max", "bulk_min", "num_spikes", "mp_softrank", "W_scale"), math.nan)
     q = n / m
     w_scale = math.sqrt(len(evals)) / math.sqrt(float(np.sum(evals)))
     x = evals * w_scale**2

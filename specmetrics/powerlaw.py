@@ -161,8 +161,11 @@ def ks_scan(x: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tens
 def _small_n_scan(x: torch.Tensor, k_min: int = 8) -> tuple[int, float, float]:
     """WeightWatcher 0.7.7's fit for fewer than 20 eigenvalues.
 
-    Bias-corrected exponent ``1 + (n - 1) / sum ln(x / xmin)`` and the objective
-    ``D - 0.868 / sqrt(n)`` over tails of at least ``k_min`` eigenvalues.
+    Bias-corrected exponent ``1 + (n - 1) / sum ln(x / xmin)`` over tails of at
+    least ``k_min`` eigenvalues. ``fit_powerlaw_smallN`` ranks candidates by
+    ``D - 0.868 / sqrt(n)``, but ``WWFit.__init__`` then re-selects ``argmin D``
+    over the same candidates, and that is what ``analyze()`` reports; so the
+    smallest ``D`` (first on ties) wins here too.
     Returns ``(index, alpha, D)``.
     """
     xs = x.double().cpu().numpy()
@@ -181,9 +184,8 @@ def _small_n_scan(x: torch.Tensor, k_min: int = 8) -> tuple[int, float, float]:
             continue
         theo = 1.0 - (xs[i:] / xs[i]) ** (1.0 - a)
         d = float(np.max(np.abs(np.arange(n) / n - theo)))
-        j = d - 0.868 / math.sqrt(n)
-        if j < best[0]:
-            best = (j, i, a, d)
+        if d < best[0]:
+            best = (d, i, a, d)
     if not math.isfinite(best[0]):
         s = float(np.sum(logx) - n_all * logx[0])
         if s <= 1e-12:
@@ -233,6 +235,8 @@ def _as_tensor(eigenvalues: Any, func: str) -> torch.Tensor:
             raise fail("eigenvalues", func, "a 1-D array of real numbers", type(eigenvalues).__name__) from err
     if t.is_complex() or t.dtype == torch.bool:
         raise fail("eigenvalues", func, "a 1-D array of real numbers", str(t.dtype))
+    if sum(s > 1 for s in t.shape) > 1:  # a weight matrix passed by mistake
+        raise fail("eigenvalues", func, "a 1-D array of real numbers", f"an array of shape {tuple(t.shape)}")
     return t.reshape(-1)
 
 

@@ -85,7 +85,8 @@ def layer_eigenvalues(
     Matrices of equal shape are stacked (at most ``batch_bytes`` of ``dtype`` at a
     time) and go through one batched Gram + ``eigvalsh``; the eigenvalues of a
     convolution's kernel positions are pooled and halved. Yields in batch order;
-    eigenvalues are ascending float64 numpy arrays.
+    eigenvalues are ascending float64 numpy arrays, all NaN for a matrix with a
+    NaN or inf weight.
     """
     groups: dict[tuple, list[WeightMatrix]] = defaultdict(list)
     for w in matrices:
@@ -110,7 +111,15 @@ def layer_eigenvalues(
                     mats, scale = split_matrices(weight, kind)
                     stacks.append(mats.to(device=device, dtype=dtype))
                 batch = torch.stack(stacks)  # (B, rf, n, m)
-                ev = eigenvalues(batch, method=method) * scale
+                # a NaN/inf weight would make the batched eigensolver raise for the whole
+                # batch: such matrices get NaN eigenvalues (their fit then fails cleanly)
+                finite = torch.isfinite(batch).flatten(1).all(dim=1)
+                if bool(finite.all()):
+                    ev = eigenvalues(batch, method=method) * scale
+                else:
+                    ev = torch.full(batch.shape[:2] + (min(batch.shape[-2:]),), math.nan, dtype=dtype, device=device)
+                    if bool(finite.any()):
+                        ev[finite] = eigenvalues(batch[finite], method=method) * scale
                 ev = ev.reshape(len(chunk), -1)
                 ev = torch.sort(ev, dim=-1).values.to(torch.float64).cpu().numpy()
                 for w, e in zip(chunk, ev):

@@ -1,0 +1,564 @@
+"""``allocate()``: layer-wise sparsity ratios from per-layer scores."""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_choice, check_interval, fail
+from .configs import (AlphaPruningConfig, OWLConfig, UniformConfig, config_settings,
+                      resolve_method)
+from .mapping import alphapruning_ratios, owl_offsets, solve_budget
+from .module_types import (MODULE_TYPES, block_of, module_group, module_type, parse_type_set,
+                           type_in)
+from .result import AllocatedMatrix, Allocation
+
+__all__ = ["allocate", "DegenerateMetricWarning", "UNITS", "BUDGETS", "DEGENERATE_POLICIES"]
+
+logger = logging.getLogger(__name__)
+
+UNITS = ("block", "matrix", "split")
+BUDGETS = ("global", "per_group")
+DEGENERATE_POLICIES = ("target", "mean", "raise")
+_FUNC = "allocate"
+# kinds of WeightMatrix that are prunable by default (a bare 2-D "tensor" from a state dict or a
+# safetensors file is taken to be a Linear weight)
+_PRUNABLE_KINDS = ("linear", "conv1d")
+
+
+class DegenerateMetricWarning(UserWarning):
+    """Some units had a non-finite score (e.g. a failed power-law fit); see ``on_degenerate``."""
+
+
+@dataclass
+class _Row:
+    name: str
+    metric: float
+    block: tuple[str, int] | None
+    mtype: str | None
+    group: str
+    unit: str = ""
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter checks
+
+def _check_clip(clip, target: float):
+    if clip is None:
+        return None
+    try:
+        lo, hi = clip
+    except (TypeError, ValueError):
+        raise fail("clip", _FUNC, "None or a pair (lo, hi) with 0 <= lo <= hi <= 1", clip) from None
+    lo = check_interval(lo, 0, 1, name="clip", func=_FUNC, closed="both")
+    hi = check_interval(hi, 0, 1, name="clip", func=_FUNC, closed="both")
+    if lo > hi:
+        raise fail("clip", _FUNC, "None or a pair (lo, hi) with 0 <= lo <= hi <= 1", clip)
+    if not lo <= target <= hi:
+        raise fail("target", _FUNC, f"within clip=({lo!r}, {hi!r})", target)
+    return (lo, hi)
+
+
+def _name_filter(pattern, param: str) -> Callable[[str], bool]:
+    if pattern is None:
+        return lambda name: True
+    if callable(pattern):
+        return lambda name: bool(pattern(name))
+    if isinstance(pattern, str):
+        patterns = [pattern]
+    elif isinstance(pattern, Sequence) and all(isinstance(p, str) for p in pattern):
+        patterns = list(pattern)
+    else:
+        raise fail(param, _FUNC, "None, a regex, a sequence of regexes or a callable", pattern)
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except re.error:
+        raise fail(param, _FUNC, "valid regular expressions", pattern) from None
+    return lambda name: any(c.search(name) for c in compiled)
+
+
+def _is_real(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu"
+
+
+def _is_score_mapping(source) -> bool:
+    """A non-empty ``{str: real number or None}`` (None, e.g. JSON's null, is a failed score)."""
+    return (isinstance(source, Mapping) and len(source) > 0
+            and all(isinstance(k, str) for k in source)
+            and all(v is None or _is_real(v) for v in source.values())
+            and any(v is not None for v in source.values()))
+
+
+def _spectrum_report_type():
+    try:
+        from ..report import SpectrumReport
+    except ImportError:  # the spectra engine is not importable: no report can be passed either
+        return None
+    return SpectrumReport
+
+
+def _metric_label(metric) -> str:
+    if isinstance(metric, str):
+        return metric
+    return getattr(metric, "__qualname__", None) or getattr(metric, "__name__", repr(metric))
+
+
+# ----------------------------------------------------------------------------------------------
+# gathering names, parameter counts and metric values from the source
+
+def _counts(names, given, default) -> dict[str, int]:
+    """Parameter counts: ``given`` (the n_params option) where set, else ``default``."""
+    out = {}
+    missing = []
+    for name in names:
+        if given is not None:
+            if name not in given:
+                missing.append(name)
+                continue
+            value = given[name]
+        else:
+            value = default[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            if isinstance(value, numbers.Real) and float(value).is_integer() and value > 0:
+                value = int(value)
+            else:
+                raise fail("n_params", _FUNC, "a mapping of module names to positive integers",
+                           {name: value})
+        out[name] = int(value)
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise fail("n_params", _FUNC, f"a count for every prunable module (missing {shown})",
+                   f"{len(given)} entries")
+    return out
+
+
+def _select(candidates, keep_default, include, exclude) -> list[str]:
+    inc = _name_filter(include, "include")
+    exc = _name_filter(exclude, "exclude")
+    names = []
+    for name in candidates:
+        chosen = inc(name) if include is not None else keep_default(name)
+        if chosen and not (exclude is not None and exc(name)):
+            names.append(name)
+    return names
+
+
+def _from_scores(source, metric, include, exclude, n_params):
+    if n_params is None:
+        raise fail("n_params", _FUNC, "a mapping {module name: parameter count} when the source "
+                   "is a mapping of scores", None)
+    if not isinstance(metric, str):
+        raise fail("metric", _FUNC, "a column name (a label only) when the source is a mapping "
+                   "of scores", metric)
+    names = _select(list(source), lambda n: True, include, exclude)
+    counts = _counts(names, n_params, None)
+    values = {n: float("nan") if source[n] is None else float(source[n]) for n in names}
+    return names, counts, values
+
+
+def _from_report(report, metric, include, exclude, n_params, need_metric: bool):
+    def keep(name):
+        layer = report[name]
+        kind = getattr(layer, "kind", "linear")
+        return block_of(name) is not None and (
+            kind in _PRUNABLE_KINDS or (kind == "tensor" and len(getattr(layer, "shape", ())) == 2))
+
+    names = _select(list(report), keep, include, exclude)
+    counts = _counts(names, n_params, {n: report[n].n_params for n in names})
+    if not need_metric:
+        return names, counts, dict.fromkeys(names, float("nan"))
+    return names, counts, _metric_values(report, names, metric)
+
+
+def _metric_values(report, names, metric) -> dict[str, float]:
+    """``{name: metric value}``; NaN for a name the report lacks (a matrix ``esd`` skipped)."""
+    present = [n for n in names if n in report]
+    if callable(metric):
+        values = {n: float(metric(report[n])) for n in present}
+    else:
+        columns = list(dict.fromkeys(c for n in present for c in report[n].metrics))
+        if present and metric not in columns:
+            numeric = [c for c in columns if isinstance(report[present[0]].metrics.get(c), float)]
+            raise fail("metric", _FUNC, "a column of the spectrum report (one of "
+                       + ", ".join(repr(c) for c in numeric) + ") or a callable", metric)
+        values = {}
+        for n in present:
+            value = report[n].metrics.get(metric, float("nan"))
+            try:
+                values[n] = float("nan") if value is None else float(value)
+            except (TypeError, ValueError):
+                raise fail("metric", _FUNC, "a numeric column of the spectrum report",
+                           metric) from None
+    missing = [n for n in names if n not in report]
+    if missing:
+        skipped = getattr(report, "skipped", {})
+        logger.info("no spectrum for %d prunable matrices (%s); their metric is NaN",
+                    len(missing), "; ".join(f"{n}: {skipped.get(n, 'absent')}" for n in missing[:5]))
+    return {n: values.get(n, float("nan")) for n in names}
+
+
+def _from_weights(source, metric, include, exclude, n_params, need_metric, esd_options):
+    from ..layers import list_weight_matrices
+
+    matrices = {m.name: m for m in list_weight_matrices(source)}
+
+    def keep(name):
+        m = matrices[name]
+        in_block = block_of(name) is not None
+        return in_block and (m.kind in _PRUNABLE_KINDS or (m.kind == "tensor" and len(m.shape) == 2))
+
+    names = _select(list(matrices), keep, include, exclude)
+    counts = _counts(names, n_params, {n: matrices[n].n_params for n in names})
+    if not need_metric or not names:
+        return names, counts, dict.fromkeys(names, float("nan"))
+    from ..spectrum import esd
+
+    options = dict(esd_options or {})
+    if "include" in options or "exclude" in options:
+        raise fail("esd_options", _FUNC, "free of 'include'/'exclude' (pass them to allocate)",
+                   sorted(options))
+    report = esd(source, include=[f"^{re.escape(n)}$" for n in names], **options)
+    return names, counts, _metric_values(report, names, metric)
+
+
+# ----------------------------------------------------------------------------------------------
+# the allocation proper (pure, given rows)
+
+def _unit_key(row: _Row, units: str) -> str:
+    if units == "matrix" or row.block is None:
+        return row.name
+    if units == "block":
+        return row.block[0]
+    return f"{row.block[0]}:{row.group}"
+
+
+def _degenerate_units(unit_members, values, policy) -> tuple[dict[str, float], set[str], bool]:
+    """Unit scores (mean of the members' values), the degenerate units, and whether they are
+    held at the target (policy "target")."""
+    scores: dict[str, float] = {}
+    bad: set[str] = set()
+    bad_names: list[str] = []
+    for unit, members in unit_members.items():
+        vals = np.array([values[n] for n in members], dtype=np.float64)
+        finite = np.isfinite(vals)
+        # fsum is exactly rounded, so the score does not depend on the order of the members
+        if finite.all():
+            scores[unit] = math.fsum(vals) / vals.size
+            continue
+        bad.add(unit)
+        bad_names.extend(n for n, ok in zip(members, finite) if not ok)
+        scores[unit] = math.fsum(vals[finite]) / finite.sum() \
+            if (policy == "mean" and finite.any()) else float("nan")
+    if bad:
+        shown = ", ".join(repr(n) for n in bad_names[:5]) + (" ..." if len(bad_names) > 5 else "")
+        if policy == "raise":
+            raise ValueError(f"{len(bad_names)} matrices have a non-finite score ({shown}); pass "
+                             f"on_degenerate='target' or 'mean' to allocate anyway.")
+        if policy == "mean":
+            finite_scores = [s for s in scores.values() if math.isfinite(s)]
+            if not finite_scores:
+                raise ValueError("every unit has a non-finite score; nothing to allocate from.")
+            fill = math.fsum(finite_scores) / len(finite_scores)
+            for unit in bad:
+                if not math.isfinite(scores[unit]):
+                    scores[unit] = fill
+            what = "scored from their finite matrices or the mean unit score"
+        else:
+            what = "held at the target ratio"
+        warnings.warn(f"{len(bad)} units have a non-finite score from {len(bad_names)} matrices "
+                      f"({shown}); they are {what} (on_degenerate={policy!r}).",
+                      DegenerateMetricWarning, stacklevel=3)
+    return scores, bad, policy == "target"
+
+
+def _map_units(config, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(base, slope) per unit: ratio = clip(base + t · slope) with t solved for the budget."""
+    if isinstance(config, AlphaPruningConfig):
+        r = alphapruning_ratios(scores, config.epsilon, normalize=config.normalize,
+                                invert=config.invert)
+        return np.zeros_like(r), r
+    if isinstance(config, OWLConfig):
+        d = owl_offsets(scores, config.lam, normalize=config.normalize)
+        return d, np.ones_like(d)
+    ones = np.ones(len(scores))
+    return np.zeros_like(ones), ones
+
+
+def _solve(rows: list[_Row], counts, unit_scores, held: set[str], degenerate: set[str], *,
+           config, target, apply_to, budget, clip) -> list[AllocatedMatrix]:
+    applied = {r.name: (r.unit not in held) and type_in(r.mtype, apply_to) for r in rows}
+    ratio = {r.name: float(target) for r in rows}
+    relative = {r.name: float("nan") for r in rows}
+    problems: dict[str, list[_Row]] = {}
+    for r in rows:
+        if applied[r.name]:
+            problems.setdefault("all" if budget == "global" else r.group, []).append(r)
+    for key, members in problems.items():
+        unit_names = list(dict.fromkeys(r.unit for r in members))
+        scores = np.array([unit_scores[u] for u in unit_names], dtype=np.float64)
+        base_u, slope_u = _map_units(config, scores)
+        index = {u: i for i, u in enumerate(unit_names)}
+        base = np.array([base_u[index[r.unit]] for r in members])
+        slope = np.array([slope_u[index[r.unit]] for r in members])
+        weights = np.array([counts[r.name] for r in members], dtype=np.float64)
+        solved, t = solve_budget(base, slope, weights, target, clip=clip)
+        logger.debug("budget %r: %d matrices in %d units, t=%r", key, len(members),
+                     len(unit_names), t)
+        for r, value, b, s in zip(members, solved, base, slope):
+            ratio[r.name] = float(value)
+            relative[r.name] = float(b if isinstance(config, OWLConfig) else s)
+    return [
+        AllocatedMatrix(
+            name=r.name, n_params=counts[r.name], unit=r.unit,
+            block=None if r.block is None else r.block[1], group=r.group, module_type=r.mtype,
+            metric=r.metric, score=unit_scores.get(r.unit, float("nan")),
+            relative=relative[r.name], ratio=ratio[r.name], applied=applied[r.name],
+            degenerate=r.unit in degenerate,
+        )
+        for r in rows
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+
+def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_peak",
+             units="block", score_from=None, apply_to=None, budget="global", clip=(0.0, 0.99),
+             n_params=None, include=None, exclude=None, on_degenerate="target",
+             esd_options=None) -> Allocation:
+    """Layer-wise sparsity ratios from per-layer spectral (or outlier) scores.
+
+    Every prunable weight matrix gets a sparsity ratio; their parameter-weighted mean is exactly
+    ``target``. Matrices are grouped into *units* (a matrix, a block, or a block's attention or
+    MLP half); each unit gets a score from its matrices' metric; a method maps the scores to
+    ratios (AlphaPruning: linear in the normalised score, higher alpha → more sparsity; OWL: more
+    outliers → less sparsity; uniform) and one scale or shift per budget is solved so that the mean
+    is the target with every ratio inside ``clip``.
+
+    Parameters
+    ----------
+    source : nn.Module, str, path, state dict, tensor, SpectrumReport or mapping
+        Anything :func:`specmetrics.esd` accepts (a model, a Hugging Face id or path, a safetensors
+        file or folder, a state dict, a tensor); a :class:`~specmetrics.SpectrumReport` already
+        computed; or a mapping ``{module name: score}`` of precomputed scores (e.g. published
+        alphas), which needs ``n_params``.
+    target : float, default 0.5
+        Parameter-weighted mean sparsity, in [0, 1).
+    method : AlphaPruningConfig, OWLConfig, UniformConfig or str, default AlphaPruningConfig()
+        The mapping from scores to ratios; ``"alphapruning"``, ``"owl"`` and ``"uniform"`` mean
+        the default config of each. OWL needs an ``nn.Module`` source and
+        ``OWLConfig(calibration=...)``, or precomputed outlier ratios as a scores mapping.
+    metric : str or callable, default "alpha_peak"
+        Per-matrix metric: a column of the spectrum report (``"alpha_peak"`` as AlphaPruning,
+        ``"alpha"`` as WeightWatcher, ``"alpha_mid"``, ``"alpha_weighted"``, ``"stable_rank"``,
+        ``"entropy"``, ...) or a callable ``f(LayerSpectrum) -> float``. For a scores mapping it
+        is only the label shown in tables and plots. Not used by OWL (outlier ratios) and uniform.
+    units : {"block", "matrix", "split"}, default "block"
+        ``"block"``: one unit per repeated block (decoder or encoder layer), scored by the mean
+        metric of its matrices (AlphaPruning's block-wise mode); ``"matrix"``: every matrix its own
+        unit; ``"split"``: the attention and the MLP matrices of each block are separate units.
+        Matrices outside the blocks (only when selected with ``include``) are their own unit.
+    score_from : None, str or sequence of str, default None
+        Module types whose metric forms a block or split unit's score (``None``: all of the
+        unit's matrices). Types are ``q k v o qkv gate up down gate_up`` or spellings such as
+        ``"out"``, ``"o_proj"``, ``"attention"``, ``"mlp"``; a string may list several
+        (``"q,k"``). A unit holding none of these types is scored from all of its matrices (shown
+        in ``to_frame(level="matrix")``). Not allowed with ``units="matrix"``.
+    apply_to : None, str or sequence of str, default None
+        Module types that get score-based ratios (``None``: all). The others are held at
+        ``target`` and the budget is solved over the rest, so the overall mean stays exact.
+        A fused type counts when the selection holds all its parts (``qkv`` for ``q,k,v``).
+    budget : {"global", "per_group"}, default "global"
+        ``"global"``: one scale (or shift) for all matrices, scores normalised across all units.
+        ``"per_group"``: the attention and the MLP matrices (and ``"other"``) each form an
+        independent allocation, normalised and averaging ``target`` on their own.
+    clip : tuple of (float, float) or None, default (0.0, 0.99)
+        Bounds of every ratio; the budget is re-solved so the target stays exact. ``None``: no
+        clipping (AlphaPruning's behaviour; ratios can exceed 1 at large ε, with a warning).
+    n_params : mapping of str to int, optional
+        Parameter count of each module: required for a scores mapping, an override otherwise.
+    include, exclude : None, str, sequence of str or callable, optional
+        Which matrices are prunable: regexes (``re.search`` on the name, any of several) or a
+        predicate on the name. By default the prunable matrices are the Linear (and GPT-2
+        Conv1D) weights inside the repeated blocks, so embeddings, ``lm_head`` and poolers are
+        excluded; ``include`` replaces that default (e.g. ``include=[r"layers\\.", "lm_head"]``)
+        and ``exclude`` removes matches. For a scores mapping every key is prunable by default.
+    on_degenerate : {"target", "mean", "raise"}, default "target"
+        What to do with units whose score is not finite (a failed fit gives NaN):
+        ``"target"`` holds their matrices at the target ratio, ``"mean"`` scores them from their
+        finite matrices (or the mean unit score when none), ``"raise"`` raises ``ValueError``.
+        The first two warn with :class:`~specmetrics.allocation.DegenerateMetricWarning`.
+    esd_options : mapping, optional
+        Keyword arguments for :func:`specmetrics.esd` (backend, device, ...) when spectra are
+        computed here.
+
+    Returns
+    -------
+    Allocation
+        Read-only mapping ``{module name: ratio}`` with ``achieved``, ``to_frame()``,
+        ``to_json()`` and ``plot()``.
+
+    Raises
+    ------
+    ParameterError
+        For a bad option, no prunable matrix, or a target that the clip bounds cannot reach.
+    ValueError
+        For non-finite scores with ``on_degenerate="raise"``.
+
+    See Also
+    --------
+    specmetrics.allocation.SEED003_VARIANTS : the seed-003 ablation labels as ``allocate`` options.
+
+    Notes
+    -----
+    AlphaPruning [1]_: with block units, no clipping and ``normalize="minmax"``, the ratios are
+    ``s_i = η r_i``, ``r_i = (m_i - min m) / (max m - min m) · 2ε + 1 - ε``,
+    ``η = S Σ p_i / Σ p_i r_i`` (``m_i`` the block's mean metric, ``p_i`` the parameter counts),
+    exactly as its ``ww_sparsity``. With clipping, ``η`` is solved on the clipped ratios.
+    OWL [2]_: ``s_l = c - 2λ u_l`` with ``u_l`` the min-max normalised outlier ratio and ``c``
+    solved for the target (for blocks of equal size, OWL's own formula).
+
+    References
+    ----------
+    .. [1] H. Lu et al., "AlphaPruning: Using Heavy-Tailed Self Regularization Theory for
+       Improved Layer-wise Pruning of Large Language Models", NeurIPS 2024.
+    .. [2] L. Yin et al., "Outlier Weighed Layerwise Sparsity (OWL)", ICML 2024.
+
+    Examples
+    --------
+    Published-style scores fed in directly, two blocks of two matrices:
+
+    >>> import specmetrics
+    >>> scores = {"layers.0.attn.q_proj": 2.0, "layers.0.mlp.up_proj": 3.0,
+    ...           "layers.1.attn.q_proj": 4.0, "layers.1.mlp.up_proj": 5.0}
+    >>> alloc = specmetrics.allocate(scores, 0.5, n_params=dict.fromkeys(scores, 100),
+    ...                              method=specmetrics.AlphaPruningConfig(epsilon=0.2))
+    >>> [round(alloc[n], 6) for n in scores], round(alloc.achieved, 12)
+    ([0.4, 0.4, 0.6, 0.6], 0.5)
+    """
+    target = check_interval(target, 0, 1, name="target", func=_FUNC, closed="left")
+    config = resolve_method(method)
+    check_choice(units, UNITS, name="units", func=_FUNC)
+    check_choice(budget, BUDGETS, name="budget", func=_FUNC)
+    check_choice(on_degenerate, DEGENERATE_POLICIES, name="on_degenerate", func=_FUNC)
+    clip = _check_clip(clip, target)
+    score_types = parse_type_set(score_from, name="score_from")
+    apply_types = parse_type_set(apply_to, name="apply_to")
+    if score_types is not None and units == "matrix":
+        raise fail("score_from", _FUNC, "None when units='matrix' (each matrix is scored by its "
+                   "own metric)", score_from)
+    if not (isinstance(metric, str) or callable(metric)):
+        raise fail("metric", _FUNC, "a column name or a callable", metric)
+    if n_params is not None and not isinstance(n_params, Mapping):
+        raise fail("n_params", _FUNC, "None or a mapping {module name: parameter count}",
+                   type(n_params).__name__)
+    if esd_options is not None and not isinstance(esd_options, Mapping):
+        raise fail("esd_options", _FUNC, "None or a mapping of esd() keyword arguments",
+                   esd_options)
+
+    report_type = _spectrum_report_type()
+    is_scores = _is_score_mapping(source)
+    is_report = report_type is not None and isinstance(source, report_type)
+    # OWL computes its own scores (outlier ratios) from a model; given scores are used as they are
+    owl_from_model = isinstance(config, OWLConfig) and not (is_scores or is_report)
+    need_metric = isinstance(config, AlphaPruningConfig) or (
+        isinstance(config, OWLConfig) and not owl_from_model)
+    metric_label: str | None = _metric_label(metric)
+    if is_scores:
+        names, counts, values = _from_scores(source, metric, include, exclude, n_params)
+    elif is_report:
+        names, counts, values = _from_report(source, metric, include, exclude, n_params,
+                                             need_metric)
+    elif isinstance(source, Mapping) and len(source) == 0:
+        raise fail("source", _FUNC, "a model, weights, a SpectrumReport or a non-empty mapping",
+                   "an empty mapping")
+    else:
+        names, counts, values = _from_weights(source, metric, include, exclude, n_params,
+                                              need_metric, esd_options)
+    if not names:
+        raise fail("include", _FUNC, "a selection that matches at least one weight matrix "
+                   "(none is prunable by default: no Linear inside repeated blocks)", include)
+
+    rows = []
+    for name in names:
+        mtype = module_type(name)
+        row = _Row(name=name, metric=values[name], block=block_of(name),
+                   mtype=mtype, group=module_group(name, mtype))
+        row.unit = _unit_key(row, units)
+        rows.append(row)
+
+    # the matrices that score each unit: those of a score_from type, else all of the unit's
+    by_unit: dict[str, list[_Row]] = {}
+    for r in rows:
+        by_unit.setdefault(r.unit, []).append(r)
+    unit_members = {
+        unit: [r.name for r in members if type_in(r.mtype, score_types)]
+        or [r.name for r in members]
+        for unit, members in by_unit.items()
+    }
+
+    degenerate: set[str] = set()
+    hold = False
+    if isinstance(config, UniformConfig):
+        unit_scores = dict.fromkeys(unit_members, float("nan"))
+        metric_label = None
+    elif owl_from_model:
+        ratios = _owl_unit_scores(source, config, unit_members, names)
+        metric_label = "outlier_ratio"
+        unit_scores, degenerate, hold = _degenerate_units({u: [u] for u in ratios}, ratios,
+                                                          on_degenerate)
+    else:
+        unit_scores, degenerate, hold = _degenerate_units(unit_members, values, on_degenerate)
+
+    matrices = _solve(rows, counts, unit_scores, degenerate if hold else set(), degenerate,
+                      config=config, target=target, apply_to=apply_types, budget=budget,
+                      clip=clip)
+    if clip is None and any(not 0.0 <= m.ratio <= 1.0 for m in matrices):
+        warnings.warn("some ratios fall outside [0, 1] (clip=None); pass clip=(lo, hi) to bound "
+                      "them.", UserWarning, stacklevel=2)
+
+    settings = {
+        "method": config_settings(config),
+        "metric": metric_label,
+        "units": units,
+        "budget": budget,
+        "clip": clip,
+        "score_from": _ordered(score_types),
+        "apply_to": _ordered(apply_types),
+        "on_degenerate": on_degenerate,
+    }
+    alloc = Allocation(matrices=tuple(matrices), target=target, settings=settings)
+    logger.info("allocated %d matrices in %d units: target %.6g, achieved %.12g",
+                len(matrices), len(unit_members), target, alloc.achieved)
+    return alloc
+
+
+def _ordered(types):
+    return None if types is None else [t for t in MODULE_TYPES if t in types]
+
+
+def _owl_unit_scores(model, config: OWLConfig, unit_members, names) -> dict[str, float]:
+    import torch
+
+    from .owl import capture_input_sq_norms, unit_outlier_ratios
+
+    if not isinstance(model, torch.nn.Module):
+        raise fail("source", _FUNC, "an nn.Module (or a scores mapping) for OWL", type(model).__name__)
+    calibration = config.calibration
+    if calibration is None:
+        raise fail("method", _FUNC, "an OWLConfig with calibration inputs (token ids, batches or "
+                   "captured input norms) for a model source", config)
+    if isinstance(calibration, Mapping):
+        norms = calibration
+    else:
+        norms = capture_input_sq_norms(model, names, calibration, batch_size=config.batch_size)
+    return unit_outlier_ratios(model, unit_members, norms, config.m)

@@ -1,0 +1,139 @@
+"""Frozen configurations of the allocation methods; :func:`~specmetrics.allocate` dispatches on
+their type. Options that apply to every method (units, budget, clipping, ...) stay keyword
+arguments of ``allocate``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from .._checks import check_choice, check_interval, fail
+from .mapping import NORMALIZATIONS
+
+__all__ = ["AlphaPruningConfig", "OWLConfig", "UniformConfig", "resolve_method"]
+
+
+@dataclass(frozen=True)
+class AlphaPruningConfig:
+    """AlphaPruning: ratios linear in the normalised heavy-tailed metric.
+
+    Each unit's score is normalised to [0, 1], mapped to ``r`` in ``[1 - ε, 1 + ε]`` and scaled so
+    that the parameter-weighted mean ratio is the target (``s = η r``). With the default
+    ``normalize="minmax"`` and no clipping this is AlphaPruning's ``ww_sparsity`` exactly.
+
+    Parameters
+    ----------
+    epsilon : float, default 0.2
+        Half-width ε of the relative band, in [0, 1]. ε = 0 gives uniform ratios. 0.2 is what the
+        AlphaPruning scripts use for Wanda and SparseGPT on LLaMA-7B at 70 % (their ``main.py``
+        default is 0.3).
+    normalize : {"minmax", "rank"}, default "minmax"
+        ``"minmax"`` as AlphaPruning; ``"rank"`` uses each unit's rank, so one outlying score cannot
+        squeeze every other unit into a narrow part of the band.
+    invert : bool, default False
+        ``False``: a higher metric gives more sparsity (AlphaPruning's direction for alpha: a large
+        alpha means a less trained layer). ``True`` reverses it (e.g. for ``stable_rank``).
+
+    References
+    ----------
+    .. [1] H. Lu et al., "AlphaPruning: Using Heavy-Tailed Self Regularization Theory for Improved
+       Layer-wise Pruning of Large Language Models", NeurIPS 2024.
+    """
+
+    name: ClassVar[str] = "alphapruning"
+
+    epsilon: float = 0.2
+    normalize: str = "minmax"
+    invert: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "epsilon", check_interval(
+            self.epsilon, 0, 1, name="epsilon", func="AlphaPruningConfig", closed="both"))
+        check_choice(self.normalize, NORMALIZATIONS, name="normalize", func="AlphaPruningConfig")
+        check_choice(self.invert, (False, True), name="invert", func="AlphaPruningConfig")
+
+
+@dataclass(frozen=True)
+class OWLConfig:
+    """OWL: outlier-weighed layer-wise sparsity from calibration activations.
+
+    For each unit (a decoder block by default), the Wanda scores ``|W_ij| · ‖X_j‖₂`` of its
+    matrices are concatenated and the outlier ratio ``D`` (percent above ``m`` times their mean) is
+    taken; ``D`` is min-max normalised to ``u`` and the ratios are ``s = c - 2λ u`` with the shift
+    ``c`` solved for the target: more outliers, less sparsity.
+
+    Parameters
+    ----------
+    m : float, default 5.0
+        Outlier threshold multiple ``M`` (> 0). 5 is what the OWL README scripts use for LLaMA
+        (the argparse default is 3).
+    lam : float, default 0.08
+        λ in [0, 0.5]: the ratios of the units span at most ``2λ``.
+    calibration : optional
+        What the outlier ratios are computed from, when ``allocate`` gets an ``nn.Module``:
+        a ``torch.Tensor`` of token ids of shape (n_samples, seq_len); an iterable of batches
+        (token-id tensors, or dicts of model keyword arguments); or a mapping
+        ``{module name: tensor of shape (in_features,)}`` of per-input-channel sums of squared
+        activations already captured (e.g. by the pruning module). Not compared, hashed or shown
+        in ``repr``. With a scores mapping or a ``SpectrumReport`` as source, calibration is not
+        used: the given scores are taken as the outlier ratios.
+    batch_size : int, default 1
+        Sequences per forward pass when ``calibration`` is a token-id tensor.
+    normalize : {"minmax", "rank"}, default "minmax"
+        How ``D`` is mapped to [0, 1]; ``"minmax"`` is OWL's.
+
+    References
+    ----------
+    .. [1] L. Yin et al., "Outlier Weighed Layerwise Sparsity (OWL): A Missing Secret Sauce for
+       Pruning LLMs to High Sparsity", ICML 2024.
+    """
+
+    name: ClassVar[str] = "owl"
+
+    m: float = 5.0
+    lam: float = 0.08
+    calibration: Any = field(default=None, compare=False, repr=False)
+    batch_size: int = 1
+    normalize: str = "minmax"
+
+    def __post_init__(self):
+        m = check_interval(self.m, 0, float("inf"), name="m", func="OWLConfig", closed="neither")
+        object.__setattr__(self, "m", m)
+        lam = check_interval(self.lam, 0, 0.5, name="lam", func="OWLConfig", closed="both")
+        object.__setattr__(self, "lam", lam)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
+                or self.batch_size < 1:
+            raise fail("batch_size", "OWLConfig", "an integer >= 1", self.batch_size)
+        check_choice(self.normalize, NORMALIZATIONS, name="normalize", func="OWLConfig")
+
+
+@dataclass(frozen=True)
+class UniformConfig:
+    """Uniform: every prunable matrix gets the target ratio (the baseline)."""
+
+    name: ClassVar[str] = "uniform"
+
+
+_BY_NAME = {"alphapruning": AlphaPruningConfig, "owl": OWLConfig, "uniform": UniformConfig}
+MethodConfig = AlphaPruningConfig | OWLConfig | UniformConfig
+
+
+def resolve_method(method) -> MethodConfig:
+    """A method config from a config instance or one of ``"alphapruning"``, ``"owl"``,
+    ``"uniform"`` (the default config of that method)."""
+    if isinstance(method, (AlphaPruningConfig, OWLConfig, UniformConfig)):
+        return method
+    if isinstance(method, str) and method.lower() in _BY_NAME:
+        return _BY_NAME[method.lower()]()
+    raise fail("method", "allocate",
+               "an AlphaPruningConfig, OWLConfig or UniformConfig, or one of 'alphapruning', "
+               "'owl', 'uniform'", method)
+
+
+def config_settings(config: MethodConfig) -> dict[str, Any]:
+    """The JSON-able settings of a config (``calibration`` left out)."""
+    out: dict[str, Any] = {"name": config.name}
+    for f in fields(config):
+        if f.name != "calibration":
+            out[f.name] = getattr(config, f.name)
+    return out
