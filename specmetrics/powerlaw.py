@@ -149,8 +149,11 @@ def ks_scan(x: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tens
         c = cols[first:]
         a = alphas[start:stop, None]
         k = (c[None, :] - i[:, None]).to(x.dtype)  # j - i
-        # (x_j / x_i)^(1 - alpha) as exp((1 - alpha)(ln x_j - ln x_i))
-        theo = 1.0 - torch.exp((1.0 - a) * (logx[None, first:] - logx[i][:, None]))
+        # (x_j / x_i)^(1 - alpha) as exp((1 - alpha)(ln x_j - ln x_i)); a tail of equal values
+        # has alpha = inf, and 1^(-inf) = 1 as in WeightWatcher's power (not inf * 0 = nan)
+        diff = logx[None, first:] - logx[i][:, None]
+        expo = torch.where(diff == 0, torch.zeros((), dtype=x.dtype, device=x.device), (1.0 - a) * diff)
+        theo = 1.0 - torch.exp(expo)
         dev = torch.abs(theo - k / n[start:stop, None])
         dev = torch.where(k >= 0, dev, torch.zeros((), dtype=x.dtype, device=x.device))
         d = dev.amax(dim=1)
@@ -272,8 +275,11 @@ def fit_power_law(
         ``EVALS_THRESH``). ``None`` keeps them all (AlphaPruning), non-positive
         eigenvalues are dropped regardless.
     precision : {"float64", "float32"}, default "float64"
-        ``"float32"`` rounds the eigenvalues to float32 and bins the log-ESD in
-        float32, as AlphaPruning ran it; the exponents are then computed in float64.
+        ``"float32"`` rounds the eigenvalues to float32 and, for the ``"peak"``,
+        ``"peak_corrected"`` and ``"mid"`` policies, runs AlphaPruning's float32
+        arithmetic (histogram, window and per-candidate exponents), so that its
+        ``alpha_peak`` is reproduced to float32 rounding; other policies compute the
+        exponents in float64.
     bins : int, default 100
         Histogram bins of the peak policies.
     max_fingers : int, default 10
@@ -356,7 +362,7 @@ def _fit_sorted(x: torch.Tensor, policy: str, fixed: float | None, bins: int) ->
             i = int(torch.searchsorted(x64, torch.tensor(fixed, dtype=torch.float64)))
         if i >= n_all - 1:
             return _failed("the fixed xmin leaves fewer than 2 eigenvalues in the tail", policy, warn=False)
-        a, d = ks_scan(x64, i, i + 1)
+        a, d = _scan(x, x64, i, i + 1, policy)
         return _result(x64, i, float(a[0]), float(d[0]), policy)
     if policy == "ks" and n_all < SMALL_N:
         i, a, d = _small_n_scan(x64)
@@ -367,17 +373,47 @@ def _fit_sorted(x: torch.Tensor, policy: str, fixed: float | None, bins: int) ->
         lo, hi, _ = _window(x, policy, bins)
         if hi <= lo:
             return _failed("no eigenvalue lies in the peak window of the log-ESD", policy, warn=False)
-    alphas, ds = ks_scan(x64, lo, hi)
+    alphas, ds = _scan(x, x64, lo, hi, policy)
     k = int(torch.argmin(ds))
     if float(ds[k]) >= 1.0:
         return _failed("no xmin candidate gives alpha > 1", policy, warn=False)
     return _result(x64, lo + k, float(alphas[k]), float(ds[k]), policy)
 
 
+def _scan(x: torch.Tensor, x64: torch.Tensor, lo: int, hi: int, policy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KS scan in float64, or AlphaPruning's float32 arithmetic for its policies."""
+    if x.dtype == torch.float32 and policy in ("peak", "peak_corrected", "mid"):
+        return float32_loop_scan(x, lo, hi)
+    return ks_scan(x64, lo, hi)
+
+
+def float32_loop_scan(x: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AlphaPruning's per-candidate float32 arithmetic, one candidate at a time.
+
+    The same operations in the same dtype as ``net_esd_estimator`` (a sum of the
+    tail's logs per candidate, ``torch.arange(n)`` empirical CDF, float32 powers),
+    so that ``precision="float32"`` reproduces its exponents to float32 rounding.
+    Used only for the peak window and the mid point, which hold few candidates.
+    """
+    logx = torch.log(x)
+    n_all = x.shape[0]
+    alphas = torch.zeros(hi - lo, dtype=x.dtype, device=x.device)
+    ds = torch.ones(hi - lo, dtype=x.dtype, device=x.device)
+    for k, i in enumerate(range(lo, hi)):
+        n = float(n_all - i)
+        alpha = 1 + n / (torch.sum(logx[i:]) - n * logx[i])
+        alphas[k] = alpha
+        if alpha > 1:
+            seq = torch.arange(n, dtype=x.dtype, device=x.device)
+            ds[k] = torch.max(torch.abs(1 - (x[i:] / x[i]) ** (-alpha + 1) - seq / n))
+    return alphas, ds
+
+
 def _result(x: torch.Tensor, i: int, alpha: float, d: float, method: str, note: str = "") -> PowerLawFit:
     n = x.shape[0] - i
     if not (math.isfinite(alpha) and alpha > 1.0):
-        return _failed(f"the tail from xmin={float(x[i]):.6g} gives alpha={alpha:.6g} (<= 1)", method, warn=False)
+        why = "<= 1" if alpha <= 1.0 else "a tail of equal eigenvalues" if alpha == math.inf else "not a number"
+        return _failed(f"the tail from xmin={float(x[i]):.6g} gives alpha={alpha:.6g} ({why})", method, warn=False)
     sigma = (alpha - 1.0) / math.sqrt(n)
     return PowerLawFit(alpha, float(x[i]), float(x[-1]), d, sigma, n, True, note, method)
 

@@ -13,6 +13,9 @@ only to about ``M * eps * lambda_max``; those are set to zero).
 1e-13 relative on the tail. ``dtype=torch.float32`` is about twice as fast on a CPU
 and far faster on a GPU; the fitted ``alpha`` then agrees with float64 to about
 1e-3 relative (the tail eigenvalues carry ~1e-6 relative error; see the tests).
+In float32 the Gram route resolves eigenvalues only down to ``~M * 1.2e-7 *
+lambda_max``: where the bulk lies below that (``lambda_max / lambda_bulk`` beyond
+~1e5, e.g. Cauchy-like weights) use ``method="svd"`` or float64.
 """
 from __future__ import annotations
 

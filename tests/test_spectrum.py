@@ -139,8 +139,8 @@ def _ks_tolerance(alpha: float, n_true: int, n_fit: int) -> float:
     return 5.0 * (alpha - 1.0) / math.sqrt(max(min(n_true, n_fit), n_true / 10))
 
 
-@settings(max_examples=10, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(planted_spectrum_matrices(min_m=200, max_m=500))
+@settings(max_examples=6, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(planted_spectrum_matrices(min_m=150, max_m=300))
 def test_esd_recovers_planted_power_law(planted):
     """W = U diag(s) V^T with s**2 a Pareto tail over a bulk: esd() returns those eigenvalues and
     recovers alpha (within 5 standard errors of the tail it keeps)."""
@@ -154,8 +154,8 @@ def test_esd_recovers_planted_power_law(planted):
     assert layer.metrics["M"] == len(expected) and layer.metrics["N"] == max(planted.matrix.shape)
 
 
-@settings(max_examples=8, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(planted_spectrum_matrices(min_m=200, max_m=400, pure=True))
+@settings(max_examples=5, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(planted_spectrum_matrices(min_m=150, max_m=300, pure=True))
 def test_esd_recovers_pure_pareto_singular_values(planted):
     """All M eigenvalues from one Pareto law: alpha recovered, fixed xmin at the planted bound too."""
     w = torch.from_numpy(planted.matrix)

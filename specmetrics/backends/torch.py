@@ -80,6 +80,8 @@ def layer_row(
 def _random_eigenvalues(w: WeightMatrix, *, seed: int, dtype, device, method: str) -> np.ndarray:
     """Eigenvalues of an element-shuffled copy of ``w`` (seeded)."""
     weight = w.load().to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(weight).all()):
+        return np.full(w.n_m_rf[1] * w.n_m_rf[2], np.nan)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     perm = torch.randperm(weight.numel(), generator=gen).to(device)
     shuffled = weight.reshape(-1)[perm].reshape(weight.shape)
