@@ -19,6 +19,7 @@ lambda_max``: where the bulk lies below that (``lambda_max / lambda_bulk`` beyon
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -31,9 +32,42 @@ from ._checks import check_choice, check_positive_int, fail
 from .layers import Pattern, WeightMatrix, list_weight_matrices, split_matrices
 from .report import SpectrumReport
 
-__all__ = ["eigenvalues", "esd"]
+__all__ = ["eigenvalues", "esd", "EsdOptions"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EsdOptions:
+    """The options of :func:`esd`, validated; what every backend's ``analyze`` receives.
+
+    Backends implement ``analyze(source, options: EsdOptions) -> SpectrumReport``.
+    """
+
+    include: Pattern = None
+    exclude: Pattern = None
+    dtype: torch.dtype = torch.float64
+    device: torch.device = torch.device("cpu")
+    method: str = "gram"
+    xmin: Any = "ks"
+    clip_xmax: bool = False
+    distribution: str = "power_law"
+    mp_fit: bool = False
+    randomize: bool = False
+    seed: int = 0
+    min_evals: int = 8
+    max_evals: int = 15000
+    max_n: int = 50000
+    batch_bytes: int = 1 << 28
+    progress: bool = False
+
+    def summary(self) -> dict:
+        """The options that shape the numbers, as plain values (stored on the report)."""
+        return dict(
+            dtype=str(self.dtype), device=str(self.device), method=self.method, xmin=self.xmin,
+            clip_xmax=self.clip_xmax, distribution=self.distribution, mp_fit=self.mp_fit,
+            randomize=self.randomize, seed=self.seed,
+        )
 
 
 def eigenvalues(mats: torch.Tensor, *, method: str = "gram") -> torch.Tensor:
@@ -225,7 +259,7 @@ def esd(
         dtype = torch.float64
     if dtype not in (torch.float64, torch.float32):
         raise fail("dtype", func, "torch.float64 or torch.float32", dtype)
-    options = dict(
+    options = EsdOptions(
         include=include, exclude=exclude, dtype=dtype, device=torch.device(device or "cpu"), method=method,
         xmin=xmin, clip_xmax=clip_xmax, distribution=distribution, mp_fit=mp_fit, randomize=randomize,
         seed=seed, min_evals=min_evals, max_evals=max_evals, max_n=max_n, batch_bytes=batch_bytes,
@@ -234,7 +268,7 @@ def esd(
     if backend == "weightwatcher":
         from .backends.weightwatcher import analyze as ww_analyze
 
-        return ww_analyze(source, **options)
+        return ww_analyze(source, options)
     from .backends.torch import analyze
 
-    return analyze(source, **options)
+    return analyze(source, options)

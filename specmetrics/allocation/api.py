@@ -17,6 +17,8 @@ from .configs import (AlphaPruningConfig, OWLConfig, UniformConfig, config_setti
 from .mapping import alphapruning_ratios, owl_offsets, solve_budget
 from .module_types import (MODULE_TYPES, block_of, module_group, module_type, parse_type_set,
                            type_in)
+from ..layers import name_filter
+from ..report import SpectrumReport
 from .result import AllocatedMatrix, Allocation
 
 __all__ = ["allocate", "DegenerateMetricWarning", "UNITS", "BUDGETS", "DEGENERATE_POLICIES"]
@@ -65,24 +67,6 @@ def _check_clip(clip, target: float):
     return (lo, hi)
 
 
-def _name_filter(pattern, param: str) -> Callable[[str], bool]:
-    if pattern is None:
-        return lambda name: True
-    if callable(pattern):
-        return lambda name: bool(pattern(name))
-    if isinstance(pattern, str):
-        patterns = [pattern]
-    elif isinstance(pattern, Sequence) and all(isinstance(p, str) for p in pattern):
-        patterns = list(pattern)
-    else:
-        raise fail(param, _FUNC, "None, a regex, a sequence of regexes or a callable", pattern)
-    try:
-        compiled = [re.compile(p) for p in patterns]
-    except re.error:
-        raise fail(param, _FUNC, "valid regular expressions", pattern) from None
-    return lambda name: any(c.search(name) for c in compiled)
-
-
 def _is_real(value) -> bool:
     if isinstance(value, bool):
         return False
@@ -97,14 +81,6 @@ def _is_score_mapping(source) -> bool:
             and all(isinstance(k, str) for k in source)
             and all(v is None or _is_real(v) for v in source.values())
             and any(v is not None for v in source.values()))
-
-
-def _spectrum_report_type():
-    try:
-        from ..report import SpectrumReport
-    except ImportError:  # the spectra engine is not importable: no report can be passed either
-        return None
-    return SpectrumReport
 
 
 def _metric_label(metric) -> str:
@@ -143,14 +119,9 @@ def _counts(names, given, default) -> dict[str, int]:
 
 
 def _select(candidates, keep_default, include, exclude) -> list[str]:
-    inc = _name_filter(include, "include")
-    exc = _name_filter(exclude, "exclude")
-    names = []
-    for name in candidates:
-        chosen = inc(name) if include is not None else keep_default(name)
-        if chosen and not (exclude is not None and exc(name)):
-            names.append(name)
-    return names
+    """``include`` replaces the default selection; ``exclude`` applies to either."""
+    keep = name_filter(include, exclude, func=_FUNC)
+    return [name for name in candidates if keep(name) and (include is not None or keep_default(name))]
 
 
 def _from_scores(source, metric, include, exclude, n_params):
@@ -465,9 +436,8 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
         raise fail("esd_options", _FUNC, "None or a mapping of esd() keyword arguments",
                    esd_options)
 
-    report_type = _spectrum_report_type()
     is_scores = _is_score_mapping(source)
-    is_report = report_type is not None and isinstance(source, report_type)
+    is_report = isinstance(source, SpectrumReport)
     # OWL computes its own scores (outlier ratios) from a model; given scores are used as they are
     owl_from_model = isinstance(config, OWLConfig) and not (is_scores or is_report)
     need_metric = isinstance(config, AlphaPruningConfig) or (

@@ -12,7 +12,7 @@ from .. import metrics as M
 from ..layers import WeightMatrix, list_weight_matrices, split_matrices
 from ..powerlaw import DegenerateSpectrumWarning, PowerLawFit, fit_power_law
 from ..report import LayerSpectrum, SpectrumReport
-from ..spectrum import _skip_reason, eigenvalues, layer_eigenvalues
+from ..spectrum import EsdOptions, _skip_reason, eigenvalues, layer_eigenvalues
 
 __all__ = ["analyze", "layer_row"]
 
@@ -90,32 +90,13 @@ def _random_eigenvalues(w: WeightMatrix, *, seed: int, dtype, device, method: st
     return np.sort(ev.to(torch.float64).cpu().numpy())
 
 
-def analyze(
-    source: Any,
-    *,
-    include=None,
-    exclude=None,
-    dtype=torch.float64,
-    device=torch.device("cpu"),
-    method: str = "gram",
-    xmin: Any = "ks",
-    clip_xmax: bool = False,
-    distribution: str = "power_law",
-    mp_fit: bool = False,
-    randomize: bool = False,
-    seed: int = 0,
-    min_evals: int = 8,
-    max_evals: int = 15000,
-    max_n: int = 50000,
-    batch_bytes: int = 1 << 28,
-    progress: bool = False,
-) -> SpectrumReport:
-    """Native implementation of :func:`specmetrics.esd` (same parameters)."""
-    matrices = list_weight_matrices(source, include=include, exclude=exclude)
+def analyze(source: Any, opts: EsdOptions) -> SpectrumReport:
+    """Native implementation of :func:`specmetrics.esd` (see :class:`~specmetrics.spectrum.EsdOptions`)."""
+    matrices = list_weight_matrices(source, include=opts.include, exclude=opts.exclude)
     skipped: dict[str, str] = {}
     todo: list[WeightMatrix] = []
     for w in matrices:
-        reason = _skip_reason(w, min_evals, max_evals, max_n)
+        reason = _skip_reason(w, opts.min_evals, opts.max_evals, opts.max_n)
         if reason is None:
             todo.append(w)
         else:
@@ -123,14 +104,19 @@ def analyze(
     results: dict[str, LayerSpectrum] = {}
     position = {w.name: i for i, w in enumerate(todo)}
     for w, ev in (
-        layer_eigenvalues(todo, dtype=dtype, device=device, method=method, batch_bytes=batch_bytes, progress=progress)
+        layer_eigenvalues(
+            todo, dtype=opts.dtype, device=opts.device, method=opts.method,
+            batch_bytes=opts.batch_bytes, progress=opts.progress,
+        )
     ):
-        fits, row = layer_row(w, ev, xmin=xmin, clip_xmax=clip_xmax, distribution=distribution)
+        fits, row = layer_row(w, ev, xmin=opts.xmin, clip_xmax=opts.clip_xmax, distribution=opts.distribution)
         n, m, _ = w.n_m_rf
-        if mp_fit:
+        if opts.mp_fit:
             row.update(M.mp_fit(ev, n, m))
-        if randomize:
-            rand = _random_eigenvalues(w, seed=seed + position[w.name], dtype=dtype, device=device, method=method)
+        if opts.randomize:
+            rand = _random_eigenvalues(
+                w, seed=opts.seed + position[w.name], dtype=opts.dtype, device=opts.device, method=opts.method
+            )
             row["rand_distance"] = M.rand_distance(ev, rand)
             row["max_rand_eval"] = float(rand.max())
             row["ww_softrank"] = float(rand.max() / ev.max())
@@ -144,7 +130,4 @@ def analyze(
             stacklevel=3,
         )
     ordered = {w.name: results[w.name] for w in todo}
-    return SpectrumReport(ordered, backend="torch", skipped=skipped, options=dict(
-        dtype=str(dtype), device=str(device), method=method, xmin=xmin, clip_xmax=clip_xmax,
-        distribution=distribution, mp_fit=mp_fit, randomize=randomize, seed=seed,
-    ))
+    return SpectrumReport(ordered, backend="torch", skipped=skipped, options=opts.summary())

@@ -79,7 +79,7 @@ from .._checks import fail
 from ..layers import WeightMatrix, list_weight_matrices
 from ..powerlaw import DegenerateSpectrumWarning, PowerLawFit, fit_power_law
 from ..report import LayerSpectrum, SpectrumReport
-from ..spectrum import _skip_reason
+from ..spectrum import EsdOptions, _skip_reason
 from .torch import _WW_TYPES
 
 __all__ = ["analyze", "import_weightwatcher"]
@@ -434,50 +434,30 @@ def _check_options(xmin: Any, clip_xmax: bool, distribution: str, dtype: torch.d
         raise fail("max_n", _FUNC, f">= max_evals={max_evals} (WeightWatcher rejects a smaller max_N)", max_n)
 
 
-def analyze(
-    source: Any,
-    *,
-    include=None,
-    exclude=None,
-    dtype=torch.float64,
-    device=torch.device("cpu"),
-    method: str = "gram",
-    xmin: Any = "ks",
-    clip_xmax: bool = False,
-    distribution: str = "power_law",
-    mp_fit: bool = False,
-    randomize: bool = False,
-    seed: int = 0,
-    min_evals: int = 8,
-    max_evals: int = 15000,
-    max_n: int = 50000,
-    batch_bytes: int = 1 << 28,
-    progress: bool = False,
-) -> SpectrumReport:
-    """WeightWatcher implementation of :func:`specmetrics.esd` (same parameters).
+def analyze(source: Any, opts: EsdOptions) -> SpectrumReport:
+    """WeightWatcher implementation of :func:`specmetrics.esd` (see :class:`~specmetrics.spectrum.EsdOptions`).
 
     ``method``, ``batch_bytes`` and ``progress`` are ignored; see the module docstring for
     ``dtype``, ``device``, ``xmin``, ``distribution`` and ``seed``.
     """
-    _check_options(xmin, clip_xmax, distribution, dtype, device, min_evals, max_evals, max_n)
-    matrices = list_weight_matrices(source, include=include, exclude=exclude)
-    options = dict(
-        dtype=str(dtype), device=str(device), method="svd", xmin=xmin, clip_xmax=clip_xmax,
-        distribution=distribution, mp_fit=mp_fit, randomize=randomize, seed=seed,
+    _check_options(
+        opts.xmin, opts.clip_xmax, opts.distribution, opts.dtype, opts.device, opts.min_evals, opts.max_evals, opts.max_n
     )
+    matrices = list_weight_matrices(source, include=opts.include, exclude=opts.exclude)
+    options = {**opts.summary(), "method": "svd"}
     if not matrices:
         return SpectrumReport({}, backend="weightwatcher", options=options)
     ww = import_weightwatcher()
     options["weightwatcher_version"] = getattr(ww, "__version__", "unknown")
     kwargs: dict[str, Any] = dict(
-        min_evals=min_evals, max_evals=max_evals, max_N=max_n, mp_fit=bool(mp_fit), randomize=bool(randomize),
+        min_evals=opts.min_evals, max_evals=opts.max_evals, max_N=opts.max_n, mp_fit=bool(opts.mp_fit), randomize=bool(opts.randomize),
         plot=False, savefig=False,
     )
-    if clip_xmax:
+    if opts.clip_xmax:
         kwargs["fix_fingers"] = "clip_xmax"
-    if xmin == "peak":
+    if opts.xmin == "peak":
         kwargs.update(fix_fingers="xmin_peak", pl_package="powerlaw")
-    if distribution == "truncated_power_law":
+    if opts.distribution == "truncated_power_law":
         kwargs.update(fit="TPL", pl_package="powerlaw")
 
     items: list[tuple[WeightMatrix, torch.Tensor]] = []
@@ -486,18 +466,18 @@ def analyze(
     for w in matrices:
         tensor = w.load()
         if not torch.is_floating_point(tensor):
-            raise fail("source", "esd", "floating-point weights", f"{w.name} of dtype {tensor.dtype}")
+            raise fail("source", "esd", "floating-point weights", f"{w.name} of opts.dtype {tensor.dtype}")
         if bool(torch.isfinite(tensor).all()):
             items.append((w, tensor))
-        elif _skip_reason(w, min_evals, max_evals, max_n) is not None:
-            skipped[w.name] = _skip_reason(w, min_evals, max_evals, max_n)
+        elif _skip_reason(w, opts.min_evals, opts.max_evals, opts.max_n) is not None:
+            skipped[w.name] = _skip_reason(w, opts.min_evals, opts.max_evals, opts.max_n)
         else:
             nonfinite.add(w.name)
     key_of = {w.name: str(i) for i, (w, _) in enumerate(items)}
     records: dict[str, dict] = {}
     kept: dict[str, np.ndarray] = {}
     if items:
-        with _contained(ignore_warnings=True), _seeded_numpy(seed):
+        with _contained(ignore_warnings=True), _seeded_numpy(opts.seed):
             watcher = _watcher_class()(model=_stand_in(items))
             frame = watcher.analyze(**kwargs)
         kept = watcher.kept_eigenvalues
@@ -509,8 +489,8 @@ def analyze(
         if w.name in nonfinite:
             n, m, rf = w.n_m_rf
             results[w.name] = _layer(
-                w, _nonfinite_record(w), np.full(m * rf, math.nan), clip_xmax=clip_xmax, distribution=distribution,
-                mp_fit=mp_fit, randomize=randomize, xmin=xmin,
+                w, _nonfinite_record(w), np.full(m * rf, math.nan), clip_xmax=opts.clip_xmax, distribution=opts.distribution,
+                mp_fit=opts.mp_fit, randomize=opts.randomize, xmin=opts.xmin,
                 failure="the weight contains NaN or inf (WeightWatcher's SVD cannot run on it)",
             )
             continue
@@ -519,11 +499,11 @@ def analyze(
         key = key_of[w.name]
         rec = records.get(key)
         if rec is None:
-            skipped[w.name] = _skip_reason(w, min_evals, max_evals, max_n) or "skipped by WeightWatcher"
+            skipped[w.name] = _skip_reason(w, opts.min_evals, opts.max_evals, opts.max_n) or "skipped by WeightWatcher"
             continue
         results[w.name] = _layer(
-            w, rec, kept.get(key), clip_xmax=clip_xmax, distribution=distribution,
-            mp_fit=mp_fit, randomize=randomize, xmin=xmin,
+            w, rec, kept.get(key), clip_xmax=opts.clip_xmax, distribution=opts.distribution,
+            mp_fit=opts.mp_fit, randomize=opts.randomize, xmin=opts.xmin,
         )
     skipped = {w.name: skipped[w.name] for w in matrices if w.name in skipped}
     failed = [k for k, v in results.items() if not v.fit.success]
