@@ -27,3 +27,7 @@ from .evaluation import FidelityResult, ZeroShotResult, embedding_fidelity, load
 __all__ += ["perplexity", "zero_shot", "ZeroShotResult", "embedding_fidelity", "FidelityResult", "load_text"]
 from .pruning import MagnitudeConfig, PruneError, PruneReport, SparseGPTConfig, WandaConfig, prune  # noqa: E402
 __all__ += ["prune", "PruneReport", "PruneError", "WandaConfig", "SparseGPTConfig", "MagnitudeConfig"]
+from .pipeline import ComparisonResult, PruneRun, compare_allocations, prune_and_evaluate  # noqa: E402
+__all__ += ["compare_allocations", "ComparisonResult", "prune_and_evaluate", "PruneRun"]
+from .activations import ActivationStats, ActivationThresholds, LookaheadResult, SimilarityResult, activation_stats, activation_thresholds, find_sites, lookahead_predictability, residual_similarity, threshold_table  # noqa: E402
+__all__ += ["activation_stats", "activation_thresholds", "ActivationStats", "ActivationThresholds", "find_sites", "threshold_table", "residual_similarity", "SimilarityResult", "lookahead_predictability", "LookaheadResult"]

