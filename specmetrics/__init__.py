@@ -1,33 +1,84 @@
 """specmetrics: sparsity and weight spectra of neural networks.
 
-Importing this package is light: it imports numpy and torch only, and changes no
-logging, warning or torch state. Optional dependencies (pandas, matplotlib,
-weightwatcher, transformers, triton) are imported where they are used.
+Importing this package is light and changes no global state: it imports nothing
+beyond the standard library until a public name is used. Each name below is
+loaded from its submodule on first access (PEP 562); optional dependencies
+(pandas, matplotlib, weightwatcher, transformers, triton) are imported only by
+the functions that need them.
 """
-from ._checks import ParameterError
-from .powerlaw import DegenerateSpectrumWarning, PowerLawFit, fit_power_law
-from .report import LayerSpectrum, SpectrumReport
-from .spectrum import esd
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "esd",
-    "fit_power_law",
-    "PowerLawFit",
-    "LayerSpectrum",
-    "SpectrumReport",
-    "ParameterError",
-    "DegenerateSpectrumWarning",
-]
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # weight spectra
+    "esd": "spectrum",
+    "fit_power_law": "powerlaw",
+    "PowerLawFit": "powerlaw",
+    "LayerSpectrum": "report",
+    "SpectrumReport": "report",
+    "ParameterError": "_checks",
+    "DegenerateSpectrumWarning": "powerlaw",
+    # allocation
+    "allocate": "allocation",
+    "Allocation": "allocation",
+    "AlphaPruningConfig": "allocation",
+    "OWLConfig": "allocation",
+    "UniformConfig": "allocation",
+    "DegenerateMetricWarning": "allocation",
+    # evaluation
+    "perplexity": "evaluation",
+    "zero_shot": "evaluation",
+    "ZeroShotResult": "evaluation",
+    "embedding_fidelity": "evaluation",
+    "FidelityResult": "evaluation",
+    "load_text": "evaluation",
+    # pruning
+    "prune": "pruning",
+    "PruneReport": "pruning",
+    "PruneError": "pruning",
+    "WandaConfig": "pruning",
+    "SparseGPTConfig": "pruning",
+    "MagnitudeConfig": "pruning",
+    # the main job
+    "compare_allocations": "pipeline",
+    "ComparisonResult": "pipeline",
+    "prune_and_evaluate": "pipeline",
+    "PruneRun": "pipeline",
+    # activations
+    "activation_stats": "activations",
+    "activation_thresholds": "activations",
+    "ActivationStats": "activations",
+    "ActivationThresholds": "activations",
+    "find_sites": "activations",
+    "threshold_table": "activations",
+    "residual_similarity": "activations",
+    "SimilarityResult": "activations",
+    "lookahead_predictability": "activations",
+    "LookaheadResult": "activations",
+    "sparsify_activations": "activations",
+    "SparsifyHandle": "activations",
+    "sequential_thresholds": "activations",
+    "teal_greedy_targets": "activations",
+    "activation_sparsity_sweep": "activations",
+    "SweepResult": "activations",
+}
 
-from .allocation import Allocation, AlphaPruningConfig, DegenerateMetricWarning, OWLConfig, UniformConfig, allocate  # noqa: E402
-__all__ += ["allocate", "Allocation", "AlphaPruningConfig", "OWLConfig", "UniformConfig", "DegenerateMetricWarning"]
-from .evaluation import FidelityResult, ZeroShotResult, embedding_fidelity, load_text, perplexity, zero_shot  # noqa: E402
-__all__ += ["perplexity", "zero_shot", "ZeroShotResult", "embedding_fidelity", "FidelityResult", "load_text"]
-from .pruning import MagnitudeConfig, PruneError, PruneReport, SparseGPTConfig, WandaConfig, prune  # noqa: E402
-__all__ += ["prune", "PruneReport", "PruneError", "WandaConfig", "SparseGPTConfig", "MagnitudeConfig"]
-from .pipeline import ComparisonResult, PruneRun, compare_allocations, prune_and_evaluate  # noqa: E402
-__all__ += ["compare_allocations", "ComparisonResult", "prune_and_evaluate", "PruneRun"]
-from .activations import ActivationStats, ActivationThresholds, LookaheadResult, SimilarityResult, activation_stats, activation_thresholds, find_sites, lookahead_predictability, residual_similarity, threshold_table  # noqa: E402
-__all__ += ["activation_stats", "activation_thresholds", "ActivationStats", "ActivationThresholds", "find_sites", "threshold_table", "residual_similarity", "SimilarityResult", "lookahead_predictability", "LookaheadResult"]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'specmetrics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
