@@ -52,7 +52,7 @@ __all__ = ["PowerLawFit", "DegenerateSpectrumWarning", "fit_power_law", "XMIN_PO
 XMIN_POLICIES = ("ks", "peak", "peak_corrected", "mid")
 EVALS_THRESH = 1e-5  # WeightWatcher's EVALS_THRESH: eigenvalues at or below are dropped
 SMALL_N = 20  # WeightWatcher switches to its bias-corrected small-sample fit below this
-_CHUNK_ELEMENTS = 1 << 22  # elements of one (candidates x eigenvalues) block of the KS scan
+_CHUNK_ELEMENTS = 1 << 18  # elements of one (candidates x eigenvalues) block of the KS scan (cache-sized)
 
 
 class DegenerateSpectrumWarning(RuntimeWarning):
@@ -140,23 +140,24 @@ def ks_scan(x: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tens
     n = (n_all - idx).to(x.dtype)
     alphas = 1.0 + n / (suffix[idx] - n * logx[idx])
     ds = torch.ones_like(alphas)
-    cols = torch.arange(n_all, device=x.device)
+    cols = torch.arange(n_all, device=x.device, dtype=x.dtype)
+    # cache-sized chunks of candidates; each chunk's columns start at its first candidate
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, n_all - lo))
     for start in range(0, hi - lo, rows_per_chunk):
         stop = min(hi - lo, start + rows_per_chunk)
         i = idx[start:stop]
         first = int(i[0])
-        c = cols[first:]
-        a = alphas[start:stop, None]
-        k = (c[None, :] - i[:, None]).to(x.dtype)  # j - i
-        # (x_j / x_i)^(1 - alpha) as exp((1 - alpha)(ln x_j - ln x_i)); a tail of equal values
-        # has alpha = inf, and 1^(-inf) = 1 as in WeightWatcher's power (not inf * 0 = nan)
-        diff = logx[None, first:] - logx[i][:, None]
-        expo = torch.where(diff == 0, torch.zeros((), dtype=x.dtype, device=x.device), (1.0 - a) * diff)
-        theo = 1.0 - torch.exp(expo)
-        dev = torch.abs(theo - k / n[start:stop, None])
-        dev = torch.where(k >= 0, dev, torch.zeros((), dtype=x.dtype, device=x.device))
-        d = dev.amax(dim=1)
+        # t = (x_j / x_i)^(1 - alpha) as exp((1 - alpha)(ln x_j - ln x_i)), in place; a tail of
+        # equal values has alpha = inf, and 1^(-inf) = 1 as in WeightWatcher's power (not nan)
+        t = logx[None, first:] - logx[i][:, None]
+        same = t == 0
+        t.mul_(1.0 - alphas[start:stop, None]).masked_fill_(same, 0.0).exp_()
+        # empirical CDF (j - i) / n; entries j < i are masked out below
+        k = cols[None, first:] - i[:, None].to(x.dtype)
+        below = k < 0
+        k.div_(n[start:stop, None])
+        t.neg_().add_(1.0).sub_(k).abs_().masked_fill_(below, 0.0)
+        d = t.amax(dim=1)
         ds[start:stop] = torch.where(alphas[start:stop] > 1, d, ds[start:stop])
     return alphas, ds
 
