@@ -1,4 +1,4 @@
-"""Command-line front end: ``specmetrics esd | demo | allocate | prune``.
+"""Command-line front end: ``specmetrics esd | demo | allocate | prune | activations``.
 
 A thin layer over the public functions (:func:`specmetrics.esd`,
 :func:`specmetrics.plotting.save_report_plots`, :func:`specmetrics.allocate`,
@@ -17,6 +17,8 @@ Examples
     specmetrics allocate ./my-model --target 0.7 --epsilon 0.2 --units block --out alloc.json
     specmetrics prune ./my-llama --target 0.7 --method wanda --allocation alpha \
         --calibration calib.txt --eval-text test.txt --save ./my-llama-70 --out report.csv
+    specmetrics activations ./my-llama --target 0.5 --style cats --calibration calib.txt \
+        --eval-text test.txt --out act-out
 """
 from __future__ import annotations
 
@@ -200,15 +202,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=None,
                    help="tokens per calibration and perplexity window (default: the model's "
                         "maximum positions, capped at 2048)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration windows (default 0)")
     p.add_argument("--max-windows", type=int, default=None, metavar="N",
                    help="score only the first N perplexity windows (default: all)")
     p.add_argument("--device", type=_device, default=None,
                    help="torch device each block is pruned on (default: where the model is)")
     p.add_argument("--save", metavar="DIR",
-                   help="save the pruned model and its tokenizer here (save_pretrained, safetensors)")
+                   help="save the pruned model and its tokenizer here (save_pretrained, "
+                        "safetensors)")
     p.add_argument("--out", metavar="FILE", help="write the per-matrix report (.csv or .json)")
     p.set_defaults(handler=_cmd_prune, subparser=p)
+
+    p = sub.add_parser(
+        "activations", help="activation sparsity (TEAL / CATS): per-layer thresholds and "
+                            "perplexity dense vs sparsified",
+        description="Fit activation thresholds for --target sparsity on --calibration, write the "
+                    "per-layer table (thresholds for |x|, x > 0 and x < 0, and the sparsity "
+                    "realised on --eval-text), the thresholds (JSON) and plots to --out, and "
+                    "print the table and the perplexity on --eval-text dense vs with the "
+                    "thresholds applied (TEAL: inputs of q/k/v, o, gate/up, down; CATS: "
+                    "SiLU(gate)).",
+    )
+    p.add_argument("model", metavar="MODEL", help="a Hugging Face causal LM folder or hub id")
+    p.add_argument("--target", type=float, default=0.5,
+                   help="target sparsity of every site, in [0, 1) (default 0.5)")
+    p.add_argument("--style", choices=("teal", "teal_greedy", "cats"), default="teal",
+                   help="teal: the four linear-layer inputs of each block at the target "
+                        "(default); teal_greedy: TEAL's greedy per-block allocation; cats: "
+                        "SiLU(gate(x))")
+    p.add_argument("--calibration", metavar="FILE", required=True,
+                   help="calibration text file (the thresholds are fitted on it)")
+    p.add_argument("--eval-text", metavar="FILE", required=True,
+                   help="held-out text file: realised sparsity and perplexity")
+    p.add_argument("--out", metavar="DIR", default="specmetrics-activations",
+                   help="output folder (default specmetrics-activations)")
+    p.add_argument("--fit", choices=("sequential", "dense"), default="sequential",
+                   help="thresholds applied for the perplexity: each site fitted with the sites "
+                        "before it already sparsified (default), or all on the dense model")
+    p.add_argument("--nsamples", type=int, default=32, help="calibration windows (default 32)")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="tokens per window (default: the model's maximum positions, capped at "
+                        "2048)")
+    p.add_argument("--max-windows", type=int, default=None, metavar="N",
+                   help="score only the first N perplexity windows (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="torch device the blocks run on during calibration (default: where the "
+                        "model is)")
+    p.set_defaults(handler=_cmd_activations, subparser=p)
     return parser
 
 
@@ -487,6 +529,62 @@ def _cmd_prune(args, parser) -> int:
         run.model.save_pretrained(args.save)
         tokenizer.save_pretrained(args.save)
         _status(f"saved the pruned model and tokenizer to {args.save}")
+    return 0
+
+
+def _cmd_activations(args, parser) -> int:
+    for path in (args.calibration, args.eval_text):
+        if not os.path.isfile(path):
+            raise _CommandError(f"no such file: {path!r}")
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .activations import activation_stats, plot_threshold_table, threshold_table
+    from .activations.experiment import activation_sparsity_sweep
+    from .activations.sites import CATS_KINDS, TEAL_KINDS
+    from .pruning.calibration import default_seqlen
+
+    source = _check_source(args.model)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    seqlen = args.seqlen or default_seqlen(model, func="specmetrics activations")
+    kinds = CATS_KINDS if args.style == "cats" else TEAL_KINDS
+    common = dict(tokenizer=tokenizer, sites=list(kinds), nsamples=args.nsamples, seqlen=seqlen,
+                  seed=args.seed, device=args.device, progress=True)
+    fit = activation_stats(model, args.calibration, **common)
+    held_out = activation_stats(model, args.eval_text, **common)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for kind in kinds:
+        table = threshold_table(fit, held_out, args.target, kind=kind)
+        tables.append(table.assign(kind=kind))
+        fig = Figure(figsize=(8, 4.5))
+        plot_threshold_table(table, ax=fig.subplots())
+        fig.tight_layout()
+        fig.savefig(out / f"thresholds_{kind}.png", dpi=120)
+        _status(f"wrote {out / f'thresholds_{kind}.png'}")
+    table = pd.concat(tables)
+    print(f"thresholds for {args.target:g} sparsity fitted on {args.calibration} "
+          f"({args.nsamples} x {seqlen} tokens); realised sparsity on {args.eval_text}:")
+    print(_format_frame(table))
+    _write_frame(table, out / "table.csv")
+
+    style = {"teal": "teal_uniform", "teal_greedy": "teal_greedy", "cats": "cats"}[args.style]
+    sweep = activation_sparsity_sweep(
+        model, tokenizer, Path(args.calibration), Path(args.eval_text), targets=(args.target,),
+        styles=(style,), seqlen=seqlen, max_windows=args.max_windows, nsamples=args.nsamples,
+        greedy_nsamples=min(4, args.nsamples), seed=args.seed, fit=args.fit, device=args.device,
+        progress=True)
+    row = sweep.rows[0]
+    row.thresholds.to_json(out / "thresholds.json")
+    _status(f"wrote {out / 'thresholds.json'}")
+    _write_frame(sweep.to_frame(), out / "perplexity.csv")
+    print(f"perplexity on {args.eval_text} ({sweep.settings['n_windows']} windows of {seqlen}): "
+          f"dense {sweep.dense_perplexity:.4g}, {args.style} at {args.target:g} "
+          f"{row.perplexity:.4g} (realised sparsity {row.realised_mean:.3f} mean over "
+          f"{len(row.realised)} sites, {row.weights_skipped:.3f} of the linear weights skipped)")
     return 0
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional
 
-import torch
 from torch import nn
 
 from ._checks import check_choice, check_interval, check_positive_int, fail
@@ -469,8 +468,14 @@ def _check_allocation(allocation, func: str) -> str:
     return allocation
 
 
-def _check_target(target, config, allocation_name, func: str) -> float:
+def _check_target(target, config, allocation, allocation_name, func: str) -> float:
     nm = config.nm
+    if allocation_name == "given":
+        if target is None:
+            target = allocation.target
+        elif not math.isclose(float(target), allocation.target, rel_tol=0.0, abs_tol=1e-9):
+            raise fail("target", func, f"None or the given allocation's target "
+                       f"{allocation.target!r}", target)
     if target is None:
         if nm is None:
             raise fail("target", func, "a float in [0, 1) (None only with an N:M pattern)", None)
@@ -513,8 +518,8 @@ def prune_and_evaluate(model, tokenizer, target, *, method="wanda", allocation="
     tokenizer : Hugging Face tokenizer
         For text calibration and evaluation.
     target : float or None
-        Parameter-weighted mean sparsity in [0, 1); with an N:M pattern it must be N/M, or
-        ``None`` for N/M.
+        Parameter-weighted mean sparsity in [0, 1). ``None`` means N/M with an N:M pattern, and
+        the allocation's own target with an :class:`~specmetrics.Allocation`.
     method : str or config, default "wanda"
         ``"magnitude"``, ``"wanda"``, ``"sparsegpt"`` or a method config (see
         :func:`method_config` for N:M patterns).
@@ -568,8 +573,11 @@ def prune_and_evaluate(model, tokenizer, target, *, method="wanda", allocation="
     started = time.perf_counter()
     config = method_config(method)
     allocation_name = _check_allocation(allocation, func)
-    target = _check_target(target, config, allocation_name, func)
+    target = _check_target(target, config, allocation, allocation_name, func)
     check_choice(inplace, (False, True), name="inplace", func=func)
+    if calibration is None and config.needs_calibration:
+        raise fail("calibration", func, f"given for {type(config).__name__} (a text file, a list "
+                   "of texts or a tensor of token ids)", None)
     if max_windows is not None:
         check_positive_int(max_windows, name="max_windows", func=func)
     if eval_texts is not None:

@@ -19,7 +19,8 @@ MAX_POS = 128
 
 
 def corpus_tokenizer(max_length: int = MAX_POS):
-    """A word-level fast tokenizer over the words of the shipped corpus (no special tokens added)."""
+    """A word-level fast tokenizer over the words of the shipped corpus (adds no special
+    tokens)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

@@ -79,7 +79,8 @@ def test_grid_on_tiny_bert_has_every_cell(bert_grid, bert):
                 for m in ("magnitude", "wanda", "sparsegpt")]
     assert list(frame.index[1:]) == expected
     assert list(result) == expected
-    assert {"sparsity", "error", "prune_s", "cosine", "cosine_min", "nn_agreement"} <= set(frame.columns)
+    assert {"sparsity", "error", "prune_s", "cosine", "cosine_min",
+            "nn_agreement"} <= set(frame.columns)
     cells = frame.iloc[1:]
     assert cells[["cosine", "cosine_min", "nn_agreement"]].notna().all().all()
     assert ((cells["cosine"] >= -1) & (cells["cosine"] <= 1)).all()
@@ -237,3 +238,12 @@ def test_method_config():
         method_config(config, "4:8")
     with pytest.raises(ParameterError, match="'pattern' parameter of WandaConfig"):
         method_config("wanda", "3:3")
+
+
+def test_prune_and_evaluate_given_allocation(bert, tokenizer):
+    alloc = specmetrics.allocate(bert, 0.4, method="uniform")
+    run = prune_and_evaluate(bert, tokenizer, None, method="magnitude", allocation=alloc)
+    assert run.allocation_name == "given" and run.allocation is alloc and run.target == 0.4
+    assert run.evaluation is None and run.achieved == pytest.approx(0.4, abs=1e-3)
+    with pytest.raises(ParameterError, match="The 'target' parameter of prune_and_evaluate"):
+        prune_and_evaluate(bert, tokenizer, 0.5, method="magnitude", allocation=alloc)

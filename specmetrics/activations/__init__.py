@@ -8,6 +8,9 @@
   :func:`pos_threshold`, :func:`neg_threshold`, :func:`teal_signed_threshold`).
 - :func:`threshold_table`: the seed-000 per-layer table.
 - :func:`residual_similarity` and :func:`lookahead_predictability`: the DejaVu question.
+- :func:`sparsify_activations` (thresholds applied at inference, realised sparsity counted),
+  :func:`sequential_thresholds`, TEAL's greedy allocation (:func:`teal_greedy_targets`) and the
+  perplexity sweep :func:`activation_sparsity_sweep`.
 
 pandas and matplotlib are imported where used.
 """
@@ -19,6 +22,11 @@ from .thresholds import (ActivationThresholds, abs_threshold, activation_thresho
 from .table import plot_threshold_table, threshold_table
 from .similarity import (LookaheadResult, SimilarityResult, lookahead_predictability,
                          residual_similarity)
+from .sparsify import (SparsifyHandle, TorchThreshold, sequential_thresholds,
+                       sparsify_activations)
+from .greedy import (GreedyPath, GreedySearch, greedy_allocation, teal_greedy_search,
+                     teal_greedy_targets)
+from .experiment import SweepResult, activation_sparsity_sweep
 
 __all__ = [
     "Site",
@@ -42,4 +50,15 @@ __all__ = [
     "SimilarityResult",
     "lookahead_predictability",
     "LookaheadResult",
+    "sparsify_activations",
+    "SparsifyHandle",
+    "TorchThreshold",
+    "sequential_thresholds",
+    "greedy_allocation",
+    "GreedyPath",
+    "teal_greedy_search",
+    "teal_greedy_targets",
+    "GreedySearch",
+    "activation_sparsity_sweep",
+    "SweepResult",
 ]

@@ -140,7 +140,8 @@ def _table_errors(tables: Mapping[str, Any], kinds: Sequence[str], func: str
     grids = {}
     for k in kinds:
         if k not in tables:
-            raise fail("errors", func, "tables for every projection of sizes", f"no table for {k!r}")
+            raise fail("errors", func, "tables for every projection of sizes",
+                       f"no table for {k!r}")
         table = np.asarray(tables[k], dtype=np.float64).reshape(-1)
         if table.size < 2 or not np.all(np.isfinite(table)):
             raise fail("errors", func, "finite tables of at least 2 values (errors at sparsities "
@@ -254,7 +255,8 @@ def greedy_path(errors: ErrorsLike, sizes: Mapping[str, float], *, step: float =
         errs.append(e)
         chosen.append(k)
     return GreedyPath(kinds=kinds, sizes=clean, step=step, delta=delta, max_target=max_target,
-                      max_sparsity=cap, sparsities=tuple(sparsities), budgets=tuple(budgets), errors=tuple(errs),
+                      max_sparsity=cap, sparsities=tuple(sparsities), budgets=tuple(budgets),
+                      errors=tuple(errs),
                       chosen=tuple(chosen))
 
 
@@ -405,7 +407,9 @@ class _BlockError:
             return False
         try:
             out = _output_tensor(self.block(self.inputs, *self.args, **self.kwargs))
-        except Exception:  # noqa: BLE001 - a block that cannot take a batch runs per sequence
+        except Exception as err:  # noqa: BLE001 - a block that cannot take a batch: one by one
+            logger.debug("block %s runs one sequence at a time: %s", type(self.block).__name__,
+                         err)
             return False
         return out.shape == self.reference.shape and torch.allclose(
             out, self.reference, rtol=1e-4, atol=1e-5 * float(self.reference.abs().max()))
@@ -560,8 +564,10 @@ def teal_greedy_targets(model: nn.Module, stats: ActivationStats, target: float,
 
     Examples
     --------
-    >>> targets = teal_greedy_targets(model, stats, 0.5, "valid.txt", tokenizer=tok)  # doctest: +SKIP
-    >>> thresholds = activation_thresholds(stats, targets, style="teal")              # doctest: +SKIP
+    >>> targets = teal_greedy_targets(model, stats, 0.5, "valid.txt",
+    ...                               tokenizer=tok)                           # doctest: +SKIP
+    >>> thresholds = sequential_thresholds(model, "valid.txt", targets,
+    ...                                    tokenizer=tok)                      # doctest: +SKIP
     """
     target = check_interval(target, 0.0, 1.0, name="target", func="teal_greedy_targets",
                             closed="both")

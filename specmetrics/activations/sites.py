@@ -68,8 +68,8 @@ class Site:
     block : int
         Index of the block.
     module : str
-        Qualified name of the module the hook is registered on (``"model.layers.3.self_attn.q_proj"``
-        for ``qkv``; the block itself for ``residual``).
+        Qualified name of the module the hook is registered on
+        (``"model.layers.3.self_attn.q_proj"`` for ``qkv``; the block itself for ``residual``).
     hook : str
         ``"input"`` (the module's first input) or ``"output"`` (its output; a block's first
         output for ``residual``).

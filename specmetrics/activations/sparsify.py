@@ -184,7 +184,8 @@ class TorchThreshold:
     Parameters
     ----------
     mask_fn : callable, optional
-        ``mask_fn(x, t) -> tensor`` computing the thresholded tensor (default :func:`apply_threshold`).
+        ``mask_fn(x, t) -> tensor`` computing the thresholded tensor (default
+        :func:`apply_threshold`).
     count : bool, default True
         Count the realised sparsity (one ``(x == 0).sum()`` per thresholded tensor).
     """
@@ -481,14 +482,15 @@ def sequential_thresholds(model: nn.Module, calibration, target, *, style: str =
 
     Thresholds fitted on the dense model's statistics
     (:func:`~specmetrics.activations.activation_thresholds`) realise their target only at the
-    first site they are applied to: zeroing the q/k/v input shrinks the attention output, so the
+    first site they are applied to: zeroing the q/k/v input changes the attention output, so the
     ``o`` input then has more small values than in the dense model and a dense-fitted threshold
-    zeroes more than its target (5–7 points at 50 % on ``tiny-llama-wt``), and so on down the
-    block and down the model. Here the sites are fitted in execution order, as layer-sequential
-    pruning does: block by block, the block's inputs are the outputs of the previous blocks *with
-    their thresholds installed*, and inside a block each site's ``|x|`` quantile is read with
-    the thresholds of the sites before it installed. Each threshold therefore zeroes its target
-    fraction of the values it will see at inference (up to the calibration/held-out difference).
+    zeroes more than its target (4-7 points at 50 %, 12-16 at 65 % on ``tiny-llama-wt``), and
+    so on down the block and down the model. Here the sites are fitted in execution order, as
+    layer-sequential pruning does: block by block, the block's inputs are the outputs of the
+    previous blocks *with their thresholds installed*, and inside a block each site's ``|x|``
+    quantile is read with the thresholds of the sites before it installed. Each threshold
+    therefore zeroes its target fraction of the values it will see at inference (up to the
+    calibration/held-out difference).
 
     Parameters
     ----------

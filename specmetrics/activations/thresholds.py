@@ -335,8 +335,9 @@ def activation_thresholds(stats: ActivationStats, target, *, style: str = "teal"
     else:
         value = check_interval(target, 0.0, 1.0, name="target", func=func)
         if not eligible:
+            present = sorted({s.site.kind for s in stats.values()})
             raise fail("stats", func, f"statistics holding sites of kinds {kinds} (style "
-                       f"{style!r})", f"sites of kinds {sorted({s.site.kind for s in stats.values()})}")
+                       f"{style!r})", f"sites of kinds {present}")
         targets = {n: value for n in eligible}
     thresholds = {n: (eligible[n].abs_quantile(s) if definition == "abs"
                       else eligible[n].teal_quantile(s)) for n, s in targets.items()}

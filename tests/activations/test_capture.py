@@ -194,15 +194,16 @@ def test_capture_matches_hooks_on_a_plain_forward(arch, one_torch_thread):  # no
     full = _plain_forward_sites(model, ids, sites)
     index = stats.token_index
     assert index.shape == (20, 2)
-    for name, st in stats.items():
+    for name, stat in stats.items():
         x = full[name]
-        assert st.count == x.numel() and st.site == sites[name]
+        assert stat.count == x.numel() and stat.site == sites[name]
         # the sample: the same tokens for every site, in token_index order
-        torch.testing.assert_close(st.sample, x[index[:, 0], index[:, 1]], rtol=1e-4,
+        torch.testing.assert_close(stat.sample, x[index[:, 0], index[:, 1]], rtol=1e-4,
                                    atol=1e-5)
         for s in (0.1, 0.5, 0.9):
-            assert st.abs_quantile(s) == pytest.approx(abs_threshold(x, s), rel=2.0 ** -M + 1e-3)
-        assert st.mean_abs == pytest.approx(float(x.abs().mean()), rel=1e-4)
+            assert stat.abs_quantile(s) == pytest.approx(abs_threshold(x, s),
+                                                         rel=2.0 ** -M + 1e-3)
+        assert stat.mean_abs == pytest.approx(float(x.abs().mean()), rel=1e-4)
     # the model is left as it was: same outputs, no hooks
     torch.testing.assert_close(model(ids).logits, reference_out)
     assert not any(m._forward_hooks for m in model.modules())

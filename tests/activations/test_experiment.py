@@ -102,3 +102,40 @@ def test_dense_fit_and_parameter_errors():
     with pytest.raises(ParameterError, match="'greedy_nsamples'"):
         activation_sparsity_sweep(model, None, calib, held_out, seqlen=32, nsamples=2,
                                   greedy_nsamples=4)
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line, on tiny-llama-wt
+
+@pytest.mark.shared
+def test_cli_activations_writes_table_thresholds_and_plots(tiny_llama_dir, shared_dir, tmp_path,
+                                                           capsys):
+    pytest.importorskip("matplotlib")
+    from specmetrics.activations import ActivationThresholds
+    from specmetrics.cli import main
+
+    data = shared_dir / "data" / "wikitext-2-tokenized"
+    calib, held_out = tmp_path / "valid.txt", tmp_path / "test.txt"  # prefixes keep it quick
+    calib.write_text((data / "valid.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    held_out.write_text((data / "test.txt").read_text(encoding="utf-8")[:30_000],
+                        encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["activations", str(tiny_llama_dir), "--target", "0.5", "--style", "cats",
+                 "--calibration", str(calib), "--eval-text", str(held_out), "--out", str(out),
+                 "--nsamples", "4", "--seqlen", "128", "--max-windows", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"table.csv", "thresholds.json", "perplexity.csv",
+                                               "thresholds_silu_gate.png"}
+    import pandas as pd
+
+    table = pd.read_csv(out / "table.csv", index_col=0)
+    assert list(table.index) == list(range(6))
+    assert {"realised_sparsity", "abs_threshold", "pos_threshold", "neg_threshold"} <= set(table)
+    assert table["realised_sparsity"].between(0.4, 0.6).all()
+    thr = ActivationThresholds.from_json(out / "thresholds.json")
+    assert thr.style == "cats" and len(thr) == 6 and set(thr.targets.values()) == {0.5}
+    assert "abs_threshold" in printed and "dense" in printed and "cats at 0.5" in printed
+    # a missing file is reported in one line, exit status 1
+    assert main(["activations", str(tiny_llama_dir), "--calibration", str(tmp_path / "nope"),
+                 "--eval-text", str(held_out)]) == 1

@@ -88,8 +88,8 @@ def test_gpt2_identity_blocks(one_torch_thread):  # noqa: F811
 # lookahead
 
 @pytest.mark.parametrize("kind", ["silu_gate", "gate_up"])
-def test_lookahead_is_exact_when_the_residual_stream_does_not_change(kind,
-                                                                     one_torch_thread):  # noqa: F811
+def test_lookahead_is_exact_when_the_residual_stream_does_not_change(
+        kind, one_torch_thread):  # noqa: F811
     # blocks are identities on the residual stream, so block l+1's MLP input is exactly its
     # pre-MLP norm of block l's input: the predictor is the truth
     model = _zero_updates(build("llama", num_hidden_layers=3), {"o_proj", "down_proj"})

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pruning.tiny_models import build, one_torch_thread, token_windows  # noqa: F401
 from specmetrics import ParameterError
@@ -73,8 +71,10 @@ def test_consumers_of_the_shared_inputs_gqa():
 def test_consumers_of_fused_qkv_gpt2():
     model = build("gpt2")
     sites = find_sites(model)
-    assert list(site_consumers(model, sites["transformer.h.0.qkv"])) == ["transformer.h.0.attn.c_attn"]
-    assert list(site_consumers(model, sites["transformer.h.0.gate_up"])) == ["transformer.h.0.mlp.c_fc"]
+    assert list(site_consumers(model, sites["transformer.h.0.qkv"])) == [
+        "transformer.h.0.attn.c_attn"]
+    assert list(site_consumers(model, sites["transformer.h.0.gate_up"])) == [
+        "transformer.h.0.mlp.c_fc"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,25 +283,30 @@ def test_sequential_thresholds_realise_the_target_on_the_calibration_tokens():
 # tiny-llama-wt: held-out realised sparsity
 
 @pytest.fixture(scope="module")
-def tiny_llama(tiny_llama_dir):
+def tiny_llama(tiny_llama_dir, shared_dir):
+    """The model and WikiText-2 valid / test as token streams (tokenised once per module)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from specmetrics.evaluation.perplexity import tokenize_text
+
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    data = shared_dir / "data" / "wikitext-2-tokenized"
+    # calibration windows are drawn from the first 300 kB of valid (a third of it); the counts
+    # are taken on the first windows of test (tokenising a prefix gives the same ids)
+    valid = tokenize_text(tok, (data / "valid.txt").read_text(encoding="utf-8")[:300_000])
+    test = tokenize_text(tok, (data / "test.txt").read_text(encoding="utf-8")[:40_000])
+    return model, valid, test
 
 
 @pytest.mark.shared
 @pytest.mark.parametrize("style", ["teal", "cats"])
-def test_realised_sparsity_on_held_out_tokens_is_within_two_points(tiny_llama, shared_dir, style):
+def test_realised_sparsity_on_held_out_tokens_is_within_two_points(tiny_llama, style):
     """Fit on WikiText-2 valid, count at inference on test: every site within ±2 points."""
-    from specmetrics.evaluation.perplexity import tokenize_text
-
-    model, tok = tiny_llama
-    data = shared_dir / "data" / "wikitext-2-tokenized"
+    model, valid, test = tiny_llama
     target = 0.5
-    thr = sequential_thresholds(model, data / "valid.txt", target, style=style, tokenizer=tok,
-                                nsamples=8, seqlen=256)
-    test_ids = tokenize_text(tok, Path(data / "test.txt"))[: 6 * 256].reshape(6, 256)
+    thr = sequential_thresholds(model, valid, target, style=style, nsamples=8, seqlen=256)
+    test_ids = test[: 6 * 256].reshape(6, 256)  # the first 6 perplexity windows
     with sparsify_activations(model, thr) as handle:
         logits(model, test_ids)
     realised = handle.realised()

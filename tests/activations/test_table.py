@@ -1,4 +1,5 @@
-"""The seed-000 table: thresholds fitted on calibration tokens, sparsity realised on held-out ones."""
+"""The seed-000 table: thresholds fitted on calibration tokens, sparsity realised on held-out
+tokens."""
 from __future__ import annotations
 
 import numpy as np
