@@ -71,7 +71,16 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 
+# submodules reachable as attributes (``specmetrics.evaluation.tokenize_text``) without an import
+_SUBMODULES = frozenset({
+    "activations", "allocation", "backends", "cli", "evaluation", "kernels", "layers", "metrics",
+    "pipeline", "plotting", "powerlaw", "pruning", "report", "spectrum",
+})
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'specmetrics' has no attribute {name!r}")
