@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specmetrics.activations.experiment import activation_sparsity_sweep
+    from specmetrics.experiments.activation_sweep import activation_sparsity_sweep
 
     torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()

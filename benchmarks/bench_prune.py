@@ -91,7 +91,8 @@ import torch
 
 import specmetrics
 from specmetrics import AlphaPruningConfig, MagnitudeConfig, SparseGPTConfig, WandaConfig
-from specmetrics.pruning import HessianStats, SequentialRunner, find_blocks, load_calibration
+from specmetrics.calibration import HessianStats, SequentialRunner, load_calibration
+from specmetrics.models import find_blocks
 from specmetrics.evaluation import tokenize_text
 from specmetrics.pruning.sparsegpt import sparsegpt_prune
 

@@ -9,10 +9,13 @@
 - :func:`threshold_table`: the seed-000 per-layer table.
 - :func:`residual_similarity` and :func:`lookahead_predictability`: the DejaVu question.
 - :func:`sparsify_activations` (thresholds applied at inference, realised sparsity counted),
-  :func:`sequential_thresholds`, TEAL's greedy allocation (:func:`teal_greedy_targets`) and the
-  perplexity sweep :func:`activation_sparsity_sweep`.
+  :func:`sequential_thresholds` and TEAL's greedy allocation (:func:`teal_greedy_targets`).
 
-pandas and matplotlib are imported where used.
+The perplexity sweep over styles and targets is a grid runner:
+:func:`specmetrics.experiments.activation_sparsity_sweep`.
+
+May import: the base files, :mod:`specmetrics.models`, :mod:`specmetrics.calibration` and
+:mod:`specmetrics.spectrum`. pandas and matplotlib are imported where used.
 """
 from .sites import CATS_KINDS, SITE_KINDS, TEAL_KINDS, Site, find_sites
 from .capture import ActivationStats, SiteStats, activation_stats
@@ -26,7 +29,6 @@ from .sparsify import (SparsifyHandle, TorchThreshold, sequential_thresholds,
                        sparsify_activations)
 from .greedy import (GreedyPath, GreedySearch, greedy_allocation, teal_greedy_search,
                      teal_greedy_targets)
-from .experiment import SweepResult, activation_sparsity_sweep
 
 __all__ = [
     "Site",
@@ -59,6 +61,4 @@ __all__ = [
     "teal_greedy_search",
     "teal_greedy_targets",
     "GreedySearch",
-    "activation_sparsity_sweep",
-    "SweepResult",
 ]

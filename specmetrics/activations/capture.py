@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_interval, check_positive_int, fail
-from ..pruning.blocks import find_blocks
-from ..pruning.sequential import SequentialRunner, _output_tensor
+from .._validation import check_interval, check_positive_int, fail
+from ..models.blocks import find_blocks
+from ..calibration.runner import SequentialRunner, output_tensor
 from .sites import SITE_KINDS, Site, find_sites
 
 __all__ = ["SiteStats", "ActivationStats", "activation_stats", "site_stats", "float_histogram",
@@ -524,7 +524,7 @@ def site_stats(x: torch.Tensor, *, site: Optional[Site] = None, bins: int = 4096
 
 def _hook_tensor(site: Site, args: tuple, kwargs: dict, output: Any) -> torch.Tensor:
     if site.hook == "output":
-        return _output_tensor(output)
+        return output_tensor(output)
     if args and isinstance(args[0], torch.Tensor):
         return args[0]
     for value in kwargs.values():
@@ -656,13 +656,13 @@ def activation_stats(model: nn.Module, calibration, *, tokenizer=None, sites=Non
     >>> stats = activation_stats(model, "valid.txt", tokenizer=tok)  # doctest: +SKIP
     >>> stats["model.layers.3.silu_gate"].abs_quantile(0.5)  # doctest: +SKIP
     """
-    from ..pruning.api import _calibration_set
+    from ..calibration.windows import calibration_set
 
     func = "activation_stats"
     m = mantissa_bits(bins, func=func)
     check_positive_int(reservoir, name="reservoir", func=func, minimum=0)
     chosen = _resolve_sites(model, sites, func)
-    calib = _calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
+    calib = calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
                              seqlen=seqlen, seed=seed, func=func)
     token_index = sample_token_index(calib.nsamples, calib.seqlen, reservoir, seed)
     accumulators = {name: _SiteAccumulator(site, m=m, token_index=token_index,

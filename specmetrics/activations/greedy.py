@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_interval, check_positive_int, fail
-from ..pruning.blocks import block_device, find_blocks, weight_out_in
-from ..pruning.sequential import _output_tensor, _to, capture_block_inputs
+from .._validation import check_interval, check_positive_int, fail
+from ..models.blocks import block_device, find_blocks, weight_out_in
+from ..calibration.runner import capture_block_inputs, move_to, output_tensor
 from .capture import ActivationStats
 from .sites import TEAL_KINDS
 from .sparsify import TorchThreshold, site_consumers, sparsify_activations
@@ -397,8 +397,8 @@ class _BlockError:
 
     def _run(self) -> torch.Tensor:
         if self.batched:
-            return _output_tensor(self.block(self.inputs, *self.args, **self.kwargs))
-        return torch.cat([_output_tensor(self.block(self.inputs[i:i + 1], *self.args,
+            return output_tensor(self.block(self.inputs, *self.args, **self.kwargs))
+        return torch.cat([output_tensor(self.block(self.inputs[i:i + 1], *self.args,
                                                     **self.kwargs))
                           for i in range(self.inputs.shape[0])], dim=0)
 
@@ -406,7 +406,7 @@ class _BlockError:
         if self.inputs.shape[0] == 1:
             return False
         try:
-            out = _output_tensor(self.block(self.inputs, *self.args, **self.kwargs))
+            out = output_tensor(self.block(self.inputs, *self.args, **self.kwargs))
         except Exception as err:  # noqa: BLE001 - a block that cannot take a batch: one by one
             logger.debug("block %s runs one sequence at a time: %s", type(self.block).__name__,
                          err)
@@ -479,7 +479,7 @@ def teal_greedy_search(model: nn.Module, stats: ActivationStats, calibration, *,
     -------
     GreedySearch
     """
-    from ..pruning.api import _calibration_set
+    from ..calibration.windows import calibration_set
 
     func = "teal_greedy_search"
     if not isinstance(stats, ActivationStats):
@@ -500,7 +500,7 @@ def teal_greedy_search(model: nn.Module, stats: ActivationStats, calibration, *,
         raise fail("stats", func, f"statistics holding TEAL sites ({', '.join(TEAL_KINDS)})",
                    f"sites of kinds {sorted({s.site.kind for s in stats.values()})}")
     sizes_by_site = projection_sizes(model, site_objs)
-    calib = _calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
+    calib = calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
                              seqlen=seqlen, seed=seed, func=func)
 
     from tqdm.auto import tqdm
@@ -523,8 +523,8 @@ def teal_greedy_search(model: nn.Module, stats: ActivationStats, calibration, *,
                     block.to(device)
                     where = torch.device(device)
                 hidden = hidden.to(where)
-                args = _to(captured.args[index], where)
-                kwargs = _to(captured.kwargs[index], where)
+                args = move_to(captured.args[index], where)
+                kwargs = move_to(captured.kwargs[index], where)
                 names = by_block.get(index)
                 try:
                     meter = _BlockError(model, block, hidden, args, kwargs, names or {}, stats)

@@ -39,8 +39,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_interval, check_positive_int, fail
-from ..pruning.blocks import find_blocks
+from .._validation import check_choice, check_interval, check_positive_int, fail
+from ..models.blocks import find_blocks
 from .capture import _SiteAccumulator, run_sites, sample_token_index
 from .sites import find_sites, mlp_gate_and_activation
 
@@ -281,11 +281,11 @@ class LookaheadResult(Mapping):
 def _sample_pass(model, calibration, *, kinds, tokenizer, nsamples, seqlen, seed, max_tokens,
                  device, progress, func, on_block=None):
     """Token samples of the requested site kinds (no histograms)."""
-    from ..pruning.api import _calibration_set
+    from ..calibration.windows import calibration_set
 
     check_positive_int(max_tokens, name="max_tokens", func=func)
     sites = find_sites(model, kinds=kinds, func=func)
-    calib = _calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
+    calib = calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
                              seqlen=seqlen, seed=seed, func=func)
     token_index = sample_token_index(calib.nsamples, calib.seqlen, max_tokens, seed)
     accs = {n: _SiteAccumulator(s, m=0, token_index=token_index,

@@ -34,9 +34,9 @@ from typing import Iterable, Optional
 
 from torch import nn
 
-from .._checks import fail
-from ..allocation.module_types import module_type
-from ..pruning.blocks import BlockLayout, PrunableModule, find_blocks
+from .._validation import fail
+from ..models.naming import module_type
+from ..models.blocks import BlockLayout, PrunableModule, find_blocks
 
 __all__ = ["Site", "SITE_KINDS", "TEAL_KINDS", "CATS_KINDS", "find_sites", "parse_kinds",
            "mlp_gate_and_activation"]
@@ -202,7 +202,7 @@ def find_sites(model: nn.Module, *, kinds=None, func: str = "find_sites") -> dic
         A decoder-only or encoder-only transformer (LLaMA, Mistral, Qwen2, GPT-NeoX, GPT-2, OPT,
         BERT, ...): its blocks are found by :func:`~specmetrics.pruning.blocks.find_blocks`, and
         the q/k/v/o/gate/up/down modules by their names
-        (:func:`~specmetrics.allocation.module_types.module_type`).
+        (:func:`~specmetrics.models.module_type`).
     kinds : None, str or sequence of str
         Site kinds to return (see :data:`SITE_KINDS`); ``None``: all of them.
     func : str

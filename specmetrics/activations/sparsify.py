@@ -53,8 +53,8 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 from torch import nn
 
-from .._checks import fail
-from ..allocation.module_types import module_type
+from .._validation import fail
+from ..models.naming import module_type
 from .sites import Site, find_sites
 
 __all__ = ["sparsify_activations", "SparsifyHandle", "SiteApplier", "TorchThreshold",
@@ -525,10 +525,10 @@ def sequential_thresholds(model: nn.Module, calibration, target, *, style: str =
     ``nsamples * seqlen * width * 4`` bytes, e.g. 22 MB for ``tiny-llama-wt`` (32 × 256 × 688),
     2.9 GB for a 7B ``silu_gate`` site at 32 × 2048.
     """
-    from ..pruning.api import _calibration_set
-    from ..pruning.blocks import block_device, find_blocks
-    from ..pruning.sequential import _output_tensor, _to, capture_block_inputs
-    from .._checks import check_choice, check_interval
+    from ..calibration.windows import calibration_set
+    from ..models.blocks import block_device, find_blocks
+    from ..calibration.runner import capture_block_inputs, move_to, output_tensor
+    from .._validation import check_choice, check_interval
     from .sites import SITE_KINDS
     from .thresholds import STYLES, ActivationThresholds, abs_threshold
 
@@ -546,7 +546,7 @@ def sequential_thresholds(model: nn.Module, calibration, target, *, style: str =
     else:
         value = check_interval(target, 0.0, 1.0, name="target", func=func)
         targets = {n: value for n in eligible}
-    calib = _calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
+    calib = calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
                              seqlen=seqlen, seed=seed, func=func)
     layout = find_blocks(model, func=func)
     by_block: dict[int, list[Site]] = {}
@@ -575,13 +575,13 @@ def sequential_thresholds(model: nn.Module, calibration, target, *, style: str =
                 if moved is not None:
                     block.to(where)
                 hidden = hidden.to(run_on)
-                args = _to(captured.args[index], run_on)
-                kwargs = _to(captured.kwargs[index], run_on)
+                args = move_to(captured.args[index], run_on)
+                kwargs = move_to(captured.kwargs[index], run_on)
 
                 def run_block():
                     outs = []
                     for i in range(hidden.shape[0]):
-                        outs.append(_output_tensor(block(hidden[i:i + 1], *args, **kwargs)))
+                        outs.append(output_tensor(block(hidden[i:i + 1], *args, **kwargs)))
                     return torch.cat(outs, dim=0)
 
                 try:
@@ -590,7 +590,7 @@ def sequential_thresholds(model: nn.Module, calibration, target, *, style: str =
                         seen: list[torch.Tensor] = []
 
                         def reader(_module, hargs, _output, site=site, seen=seen):
-                            x = _output_tensor(_output) if site.hook == "output" else hargs[0]
+                            x = output_tensor(_output) if site.hook == "output" else hargs[0]
                             seen.append(x.detach().reshape(-1).to("cpu", torch.float32))
 
                         module = model.get_submodule(site.module)

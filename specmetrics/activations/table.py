@@ -19,7 +19,7 @@ printed that share (see ``docs/activations.rst``).
 """
 from __future__ import annotations
 
-from .._checks import check_interval, fail
+from .._validation import check_interval, fail
 from .capture import ActivationStats
 from .sites import SITE_KINDS
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_interval, fail
+from .._validation import check_choice, check_interval, fail
 from .capture import ActivationStats
 from .sites import CATS_KINDS, TEAL_KINDS, Site
 

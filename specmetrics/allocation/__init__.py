@@ -1,12 +1,18 @@
-"""Layer-wise sparsity allocation from per-layer scores (AlphaPruning, OWL, uniform).
+"""Layer-wise sparsity allocation: per-layer scores → per-matrix ratios.
 
-:func:`allocate` is the entry point; the pieces it is made of are pure functions in
-:mod:`~specmetrics.allocation.mapping` (scores to ratios, the exact budget solver),
-:mod:`~specmetrics.allocation.module_types` (what a module is, from its name) and
-:mod:`~specmetrics.allocation.owl` (OWL's outlier ratios).
+:func:`allocate` is the entry point; every allocator is a small frozen config
+(:class:`AlphaPruningConfig`, :class:`OWLConfig`, :class:`UniformConfig`, ...) and the pieces are
+pure functions in :mod:`~specmetrics.allocation.mapping` (scores to ratios, the exact budget
+solver) and :mod:`~specmetrics.allocation.owl` (OWL's outlier ratios from a dense calibration
+pass). What a module is (its block, type and group) comes from :mod:`specmetrics.models`.
+
+May import: the base files, :mod:`specmetrics.models`, :mod:`specmetrics.calibration` and
+:mod:`specmetrics.spectrum`.
 """
-from .api import DegenerateMetricWarning, allocate
+from ..exceptions import DegenerateMetricWarning
+from .api import allocate
 from .configs import AlphaPruningConfig, OWLConfig, UniformConfig
+from .owl import calibration_input_norms, owl_outlier_ratios
 from .result import AllocatedMatrix, Allocation
 from .variants import SEED003_TYPES, SEED003_VARIANTS, seed003_variant
 
@@ -18,6 +24,8 @@ __all__ = [
     "OWLConfig",
     "UniformConfig",
     "DegenerateMetricWarning",
+    "calibration_input_norms",
+    "owl_outlier_ratios",
     "SEED003_TYPES",
     "SEED003_VARIANTS",
     "seed003_variant",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -11,14 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_choice, check_interval, fail
+from .._validation import check_choice, check_interval, fail, is_integer, is_real_number
+from ..exceptions import DegenerateMetricWarning
+from ..models.blocks import is_prunable
+from ..models.matrices import list_weight_matrices, name_filter
+from ..models.naming import (FUSED_TYPES, MODULE_TYPES, block_of, module_group, module_type, parse_type_set,
+                             type_in)
+from ..spectrum.results import SpectrumReport
 from .configs import (AlphaPruningConfig, OWLConfig, UniformConfig, config_settings,
                       resolve_method)
 from .mapping import alphapruning_ratios, owl_offsets, solve_budget
-from .module_types import (MODULE_TYPES, block_of, module_group, module_type, parse_type_set,
-                           type_in)
-from ..layers import name_filter
-from ..report import SpectrumReport
 from .result import AllocatedMatrix, Allocation
 
 __all__ = ["allocate", "DegenerateMetricWarning", "UNITS", "BUDGETS", "DEGENERATE_POLICIES"]
@@ -29,14 +30,6 @@ UNITS = ("block", "matrix", "split")
 BUDGETS = ("global", "per_group")
 DEGENERATE_POLICIES = ("target", "mean", "raise")
 _FUNC = "allocate"
-# kinds of WeightMatrix that are prunable by default (a bare 2-D "tensor" from a state dict or a
-# safetensors file is taken to be a Linear weight)
-_PRUNABLE_KINDS = ("linear", "conv1d")
-
-
-class DegenerateMetricWarning(UserWarning):
-    """Some units had a non-finite score (e.g. a failed power-law fit); see ``on_degenerate``."""
-
 
 @dataclass
 class _Row:
@@ -67,20 +60,33 @@ def _check_clip(clip, target: float):
     return (lo, hi)
 
 
-def _is_real(value) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, numbers.Real):
+def _is_score_value(value) -> bool:
+    """A score: a real number (numpy scalars too), ``None`` (JSON's null: a failed score), or a
+    0-d tensor holding a real number."""
+    if value is None or is_real_number(value):
         return True
-    return isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu"
+    dim = getattr(value, "dim", None)
+    return callable(dim) and type(value).__module__.startswith("torch") and value.dim() == 0 \
+        and (value.is_floating_point() or not value.dtype.is_complex)
 
 
 def _is_score_mapping(source) -> bool:
-    """A non-empty ``{str: real number or None}`` (None, e.g. JSON's null, is a failed score)."""
-    return (isinstance(source, Mapping) and len(source) > 0
-            and all(isinstance(k, str) for k in source)
-            and all(v is None or _is_real(v) for v in source.values())
-            and any(v is not None for v in source.values()))
+    """A non-empty mapping with string keys that is not a state dict (a state dict holds tensors
+    of one or more dimensions). Its values are checked as scores by :func:`_score`."""
+    if not (isinstance(source, Mapping) and len(source) > 0
+            and all(isinstance(k, str) for k in source)):
+        return False
+    return not any(callable(getattr(v, "dim", None)) and v.dim() > 0 for v in source.values())
+
+
+def _score(value, name: str) -> float:
+    """One score as a float (NaN for ``None``); numeric strings are refused with the name."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, str) or not _is_score_value(value):
+        raise fail("source", _FUNC, "a mapping {module name: real number or None} of scores",
+                   {name: value})
+    return float(value)
 
 
 def _metric_label(metric) -> str:
@@ -104,8 +110,8 @@ def _counts(names, given, default) -> dict[str, int]:
             value = given[name]
         else:
             value = default[name]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-            if isinstance(value, numbers.Real) and float(value).is_integer() and value > 0:
+        if not is_integer(value) or int(value) <= 0:
+            if is_real_number(value) and float(value).is_integer() and float(value) > 0:
                 value = int(value)
             else:
                 raise fail("n_params", _FUNC, "a mapping of module names to positive integers",
@@ -133,16 +139,13 @@ def _from_scores(source, metric, include, exclude, n_params):
                    "of scores", metric)
     names = _select(list(source), lambda n: True, include, exclude)
     counts = _counts(names, n_params, None)
-    values = {n: float("nan") if source[n] is None else float(source[n]) for n in names}
+    values = {n: _score(source[n], n) for n in names}
     return names, counts, values
 
 
 def _from_report(report, metric, include, exclude, n_params, need_metric: bool):
     def keep(name):
-        layer = report[name]
-        kind = getattr(layer, "kind", "linear")
-        return block_of(name) is not None and (
-            kind in _PRUNABLE_KINDS or (kind == "tensor" and len(getattr(layer, "shape", ())) == 2))
+        return is_prunable(report[name])
 
     names = _select(list(report), keep, include, exclude)
     counts = _counts(names, n_params, {n: report[n].n_params for n in names})
@@ -179,20 +182,16 @@ def _metric_values(report, names, metric) -> dict[str, float]:
 
 
 def _from_weights(source, metric, include, exclude, n_params, need_metric, esd_options):
-    from ..layers import list_weight_matrices
-
-    matrices = {m.name: m for m in list_weight_matrices(source)}
+    matrices = {m.name: m for m in list_weight_matrices(source, func=_FUNC)}
 
     def keep(name):
-        m = matrices[name]
-        in_block = block_of(name) is not None
-        return in_block and (m.kind in _PRUNABLE_KINDS or (m.kind == "tensor" and len(m.shape) == 2))
+        return is_prunable(matrices[name])
 
     names = _select(list(matrices), keep, include, exclude)
     counts = _counts(names, n_params, {n: matrices[n].n_params for n in names})
     if not need_metric or not names:
         return names, counts, dict.fromkeys(names, float("nan"))
-    from ..spectrum import esd
+    from ..spectrum.api import esd
 
     options = dict(esd_options or {})
     if "include" in options or "exclude" in options:
@@ -436,8 +435,8 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
         raise fail("esd_options", _FUNC, "None or a mapping of esd() keyword arguments",
                    esd_options)
 
-    is_scores = _is_score_mapping(source)
     is_report = isinstance(source, SpectrumReport)
+    is_scores = not is_report and _is_score_mapping(source)
     # OWL computes its own scores (outlier ratios) from a model; given scores are used as they are
     owl_from_model = isinstance(config, OWLConfig) and not (is_scores or is_report)
     need_metric = isinstance(config, AlphaPruningConfig) or (
@@ -465,6 +464,9 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
                    mtype=mtype, group=module_group(name, mtype))
         row.unit = _unit_key(row, units)
         rows.append(row)
+    for label, value, types in (("apply_to", apply_to, apply_types),
+                                ("score_from", score_from, score_types)):
+        _check_types_present(label, value, types, rows)
 
     # the matrices that score each unit: those of a score_from type, else all of the unit's
     by_unit: dict[str, list[_Row]] = {}
@@ -510,6 +512,22 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
     logger.info("allocated %d matrices in %d units: target %.6g, achieved %.12g",
                 len(matrices), len(unit_members), target, alloc.achieved)
     return alloc
+
+
+def _check_types_present(label: str, value, types, rows) -> None:
+    """``apply_to`` / ``score_from`` must select at least one prunable matrix of the model."""
+    if types is None:
+        return
+    if any(type_in(r.mtype, types) for r in rows):
+        return
+    present = [t for t in MODULE_TYPES if any(r.mtype == t for r in rows)]
+    fused = [t for t in present if t in FUSED_TYPES and FUSED_TYPES[t] & types]
+    hint = ""
+    if fused:
+        hint = "; " + ", ".join(f"{t} is one fused matrix: name all of {sorted(FUSED_TYPES[t])} "
+                                f"(or {t!r}) to select it" for t in fused)
+    raise fail(label, _FUNC, "module types the model has (its prunable matrices are of types "
+               f"{', '.join(present) or 'none recognised'}{hint})", value)
 
 
 def _ordered(types):

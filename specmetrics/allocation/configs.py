@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from .._checks import check_choice, check_interval, fail
+from .._validation import check_choice, check_interval, fail
 from .mapping import NORMALIZATIONS
 
-__all__ = ["AlphaPruningConfig", "OWLConfig", "UniformConfig", "resolve_method"]
+__all__ = ["AlphaPruningConfig", "OWLConfig", "UniformConfig", "ALLOCATORS", "resolve_method"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class AlphaPruningConfig:
     """
 
     name: ClassVar[str] = "alphapruning"
+    #: what the scores are computed from: the spectra of the weights
+    inputs: ClassVar[str] = "spectrum"
 
     epsilon: float = 0.2
     normalize: str = "minmax"
@@ -89,6 +91,8 @@ class OWLConfig:
     """
 
     name: ClassVar[str] = "owl"
+    #: what the scores are computed from: calibration activations of the dense model
+    inputs: ClassVar[str] = "activations"
 
     m: float = 5.0
     lam: float = 0.08
@@ -112,25 +116,29 @@ class UniformConfig:
     """Uniform: every prunable matrix gets the target ratio (the baseline)."""
 
     name: ClassVar[str] = "uniform"
+    #: no scores
+    inputs: ClassVar[None] = None
 
 
-_BY_NAME = {"alphapruning": AlphaPruningConfig, "owl": OWLConfig, "uniform": UniformConfig}
-MethodConfig = AlphaPruningConfig | OWLConfig | UniformConfig
+#: name -> allocator config class (the one registry ``allocate``, the CLI and the grid runners
+#: read)
+ALLOCATORS: dict[str, type] = {"uniform": UniformConfig, "alphapruning": AlphaPruningConfig,
+                               "owl": OWLConfig}
 
 
-def resolve_method(method) -> MethodConfig:
-    """A method config from a config instance or one of ``"alphapruning"``, ``"owl"``,
-    ``"uniform"`` (the default config of that method)."""
-    if isinstance(method, (AlphaPruningConfig, OWLConfig, UniformConfig)):
+def resolve_method(method, *, func: str = "allocate", name: str = "method"):
+    """An allocator config from a config instance or a registered name (the default config of
+    that allocator)."""
+    if isinstance(method, tuple(ALLOCATORS.values())):
         return method
-    if isinstance(method, str) and method.lower() in _BY_NAME:
-        return _BY_NAME[method.lower()]()
-    raise fail("method", "allocate",
-               "an AlphaPruningConfig, OWLConfig or UniformConfig, or one of 'alphapruning', "
-               "'owl', 'uniform'", method)
+    if isinstance(method, str) and method.lower() in ALLOCATORS:
+        return ALLOCATORS[method.lower()]()
+    classes = ", ".join(c.__name__ for c in ALLOCATORS.values())
+    names = ", ".join(repr(n) for n in ALLOCATORS)
+    raise fail(name, func, f"an allocator config ({classes}) or one of {names}", method)
 
 
-def config_settings(config: MethodConfig) -> dict[str, Any]:
+def config_settings(config) -> dict[str, Any]:
     """The JSON-able settings of a config (``calibration`` left out)."""
     out: dict[str, Any] = {"name": config.name}
     for f in fields(config):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import ParameterError, check_choice
+from .._validation import ParameterError, check_choice
 
 __all__ = [
     "normalize_scores",

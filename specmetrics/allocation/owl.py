@@ -8,26 +8,23 @@ sums can be fed to :func:`unit_outlier_ratios`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+import math
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 
+from .._validation import check_bool, check_device, check_interval, fail
+from ..calibration.runner import SequentialRunner
+from ..calibration.stats import SquaredNormStats, input_weighted_magnitude
+from ..calibration.windows import calibration_set
+from ..models.blocks import find_blocks, weight_out_in
 from .mapping import outlier_ratio
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-__all__ = ["capture_input_sq_norms", "wanda_scores", "unit_outlier_ratios"]
+__all__ = ["capture_input_sq_norms", "wanda_scores", "unit_outlier_ratios",
+           "calibration_input_norms", "owl_outlier_ratios"]
 
 logger = logging.getLogger(__name__)
-
-
-def _weight_out_in(module):
-    """The weight as (out_features, in_features); transformers' Conv1D stores it transposed."""
-    weight = module.weight.detach()
-    if type(module).__name__ == "Conv1D":
-        weight = weight.t()
-    return weight.reshape(weight.shape[0], -1)
 
 
 def capture_input_sq_norms(model, names: Sequence[str], calibration, *,
@@ -51,8 +48,6 @@ def capture_input_sq_norms(model, names: Sequence[str], calibration, *,
         ``{name: tensor of shape (in_features,)}``, float32, ``Σ_tokens x_j²`` (Wanda's statistic
         up to a constant factor, which outlier ratios do not depend on).
     """
-    import torch
-
     sums: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -138,10 +133,117 @@ def unit_outlier_ratios(model, units: Mapping[str, Sequence[str]],
         for name in names:
             if name not in input_sq_norms:
                 raise ValueError(f"no calibration statistics for module {name!r}.")
-            weight = _weight_out_in(model.get_submodule(name)).float().cpu().numpy()
+            weight = weight_out_in(model.get_submodule(name)).float().cpu().numpy()
             norms = input_sq_norms[name]
             if hasattr(norms, "detach"):  # a torch tensor, possibly bf16 or on a GPU
                 norms = norms.detach().float().cpu().numpy()
             pooled.append(wanda_scores(weight, norms).ravel())
         out[unit] = outlier_ratio(np.concatenate(pooled) if pooled else np.empty(0), m)
+    return out
+
+
+def _dense_sq_norm_pass(model, calibration, *, tokenizer, nsamples, seqlen, seed, device,
+                        progress, func, on_block):
+    """Run the dense model block by block with Wanda's statistic; ``on_block(step)`` per block."""
+    layout = find_blocks(model, func=func)
+    compute_device = check_device(device, func=func)
+    check_bool(progress, name="progress", func=func)
+    if calibration is None:
+        raise fail("calibration", func, "given (a text, a list of texts, a pathlib.Path of a "
+                   "text file or a tensor of token ids)", None)
+    calib = calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
+                            seqlen=seqlen, seed=seed, func=func)
+    runner = SequentialRunner(model, layout, calib.input_ids, device=compute_device,
+                              make_stat=SquaredNormStats, progress=progress, desc=func)
+    steps = iter(runner)
+    try:
+        for step in steps:
+            on_block(step)
+            step.modified = False  # dense: the statistics pass already gave the outputs
+    finally:
+        steps.close()
+    return layout
+
+
+def calibration_input_norms(model, calibration, *, tokenizer=None, nsamples=None, seqlen=None,
+                            seed=0, device=None, progress=False) -> dict[str, torch.Tensor]:
+    """Wanda's input statistic of every prunable matrix of the dense model.
+
+    The same layer-sequential capture as :func:`prune`, with no pruning (so the result equals a
+    plain forward pass with hooks, to rounding). Feed it to OWL as
+    ``allocate(model, S, method=OWLConfig(calibration=norms))``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Left unchanged.
+    calibration, tokenizer, nsamples, seqlen, seed, device, progress
+        As for :func:`prune`.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        ``{module name: s}`` with ``s`` of shape (in_features,), float32, on the CPU: the mean
+        over calibration sequences of ``Σ_tokens x_j²``.
+    """
+    out: dict[str, torch.Tensor] = {}
+
+    def on_block(step):
+        for name in step.modules:
+            out[name] = step.stats[name].value.detach().to("cpu", copy=True)
+
+    _dense_sq_norm_pass(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
+                        seqlen=seqlen, seed=seed, device=device, progress=progress,
+                        func="calibration_input_norms", on_block=on_block)
+    return out
+
+
+def owl_outlier_ratios(model, calibration, *, tokenizer=None, m=5.0, nsamples=None, seqlen=None,
+                       seed=0, device=None, progress=False) -> dict[str, float]:
+    """OWL's layer-wise outlier ratio of each block of the dense model.
+
+    For block ``l``, the Wanda scores ``A = |W_ij| · ‖X_j‖₂`` of all its prunable matrices are
+    pooled and ``D_l = 100 · #{A > m · mean(A)} / #A`` (OWL's ``lib/prune_all.py``), computed on
+    the block's device while the block is visited.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Left unchanged.
+    calibration, tokenizer, nsamples, seqlen, seed, device, progress
+        As for :func:`prune`.
+    m : float, default 5.0
+        Outlier threshold multiple ``M`` (> 0).
+
+    Returns
+    -------
+    dict of str to float
+        ``{block name: D_l}`` (e.g. ``{"model.layers.0": 3.1, ...}``), in percent. For
+        :func:`~specmetrics.allocate`, give each block's ratio to its matrices and pass that
+        scores mapping with ``method=OWLConfig(...)`` and ``n_params``, or pass
+        :func:`calibration_input_norms` as ``OWLConfig(calibration=...)``.
+    """
+    func = "owl_outlier_ratios"
+    m = check_interval(m, 0.0, math.inf, name="m", func=func, closed="neither")
+    out: dict[str, float] = {}
+
+    def on_block(step):
+        if not step.modules:
+            return
+        total = torch.zeros((), dtype=torch.float64, device=step.device)
+        count = 0
+        for name, pm in step.modules.items():
+            scores = input_weighted_magnitude(weight_out_in(pm.module), step.stats[name].value)
+            total += scores.double().sum()
+            count += scores.numel()
+        threshold = m * float(total) / count
+        outliers = 0
+        for name, pm in step.modules.items():
+            scores = input_weighted_magnitude(weight_out_in(pm.module), step.stats[name].value)
+            outliers += int((scores.double() > threshold).sum())
+        out[step.name] = 100.0 * outliers / count
+
+    _dense_sq_norm_pass(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
+                        seqlen=seqlen, seed=seed, device=device, progress=progress, func=func,
+                        on_block=on_block)
     return out

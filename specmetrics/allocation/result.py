@@ -1,21 +1,17 @@
 """The result of :func:`~specmetrics.allocate`: a frozen mapping from module name to ratio."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Iterator
+from typing import Any
 
-from .module_types import MODULE_TYPES
+from .._results import KeyedResult, nan_if_none
 
 __all__ = ["AllocatedMatrix", "Allocation"]
 
-_FORMAT = "specmetrics.Allocation"
-_VERSION = 1
+_FLOAT_FIELDS = ("metric", "score", "relative", "ratio")
 
 
 @dataclass(frozen=True)
@@ -67,12 +63,8 @@ class AllocatedMatrix:
     degenerate: bool
 
 
-def _jsonable(value: float) -> float | None:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 @dataclass(frozen=True, eq=False)
-class Allocation(Mapping):
+class Allocation(KeyedResult):
     """Layer-wise sparsity ratios keyed by qualified module name.
 
     A read-only mapping ``{module name: ratio}`` (``alloc["model.layers.3.mlp.up_proj"]``) with
@@ -93,25 +85,15 @@ class Allocation(Mapping):
     matrices: tuple[AllocatedMatrix, ...]
     target: float
     settings: Mapping[str, Any] = field(default_factory=dict)
-    _ratios: Mapping[str, float] = field(init=False, repr=False, compare=False)
+
+    _json_version = 2
 
     def __post_init__(self):
         object.__setattr__(self, "matrices", tuple(self.matrices))
-        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
         ratios = {m.name: m.ratio for m in self.matrices}
         if len(ratios) != len(self.matrices):
             raise ValueError("module names in an Allocation must be unique.")
-        object.__setattr__(self, "_ratios", MappingProxyType(ratios))
-
-    # -- mapping protocol -------------------------------------------------------------------
-    def __getitem__(self, name: str) -> float:
-        return self._ratios[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._ratios)
-
-    def __len__(self) -> int:
-        return len(self._ratios)
+        self._init_result(ratios, self.settings)
 
     def __repr__(self) -> str:
         return (f"Allocation(target={self.target!r}, achieved={self.achieved:.6g}, "
@@ -122,7 +104,7 @@ class Allocation(Mapping):
     @property
     def ratios(self) -> dict[str, float]:
         """A plain ``dict`` copy of ``{module name: ratio}``."""
-        return dict(self._ratios)
+        return dict(self._items)
 
     @property
     def achieved(self) -> float:
@@ -159,7 +141,7 @@ class Allocation(Mapping):
         """
         import pandas as pd
 
-        from .._checks import check_choice
+        from .._validation import check_choice
 
         check_choice(level, ("unit", "matrix"), name="level", func="Allocation.to_frame")
         rows = [asdict(m) for m in self.matrices]
@@ -187,144 +169,54 @@ class Allocation(Mapping):
         return pd.DataFrame(out).set_index("unit")
 
     # -- serialisation -----------------------------------------------------------------------
-    def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 2) -> str:
-        """Serialise to JSON (non-finite floats as ``null``); write to ``path`` if given.
+    def _to_payload(self) -> Any:
+        return {"target": self.target, "achieved": self.achieved, "ratios": dict(self._items),
+                "matrices": [asdict(m) for m in self.matrices]}
 
-        Parameters
-        ----------
-        path : str or path-like, optional
-            File to write.
-        indent : int or None, default 2
-
-        Returns
-        -------
-        str
-            The JSON text: ``{"format", "version", "target", "achieved", "settings", "ratios",
-            "matrices"}``; ``ratios`` is the plain ``{module name: ratio}`` map.
-        """
-        payload = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "target": self.target,
-            "achieved": self.achieved,
-            "settings": dict(self.settings),
-            "ratios": dict(self._ratios),
-            "matrices": [{k: _jsonable(v) for k, v in asdict(m).items()} for m in self.matrices],
-        }
-        text = json.dumps(payload, indent=indent, allow_nan=False)
-        if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
+    @classmethod
+    def _from_payload(cls, data: Any, settings: Mapping) -> "Allocation":
+        matrices = []
+        for row in data["matrices"]:
+            row = {k: (nan_if_none(v) if k in _FLOAT_FIELDS else v) for k, v in row.items()}
+            matrices.append(AllocatedMatrix(**row))
+        settings = dict(settings)
+        if isinstance(settings.get("clip"), list):
+            settings["clip"] = tuple(settings["clip"])
+        return cls(matrices=tuple(matrices), target=data["target"], settings=settings)
 
     @classmethod
     def from_json(cls, source: str | os.PathLike) -> "Allocation":
-        """Read an allocation written by :meth:`to_json`.
+        """Read an allocation written by :meth:`to_json` (this version's layout or the earlier
+        one, version 1).
 
         Parameters
         ----------
         source : str or path-like
-            JSON text, or the path of a file holding it.
-
-        Returns
-        -------
-        Allocation
+            JSON text (a ``str`` starting with ``{``), or the path of a file holding it.
         """
-        if isinstance(source, os.PathLike) or not str(source).lstrip().startswith("{"):
-            text = Path(source).read_text(encoding="utf-8")
-        else:
-            text = str(source)
-        payload = json.loads(text)
-        if payload.get("format") != _FORMAT:
-            raise ValueError(f"not a serialised Allocation (format={payload.get('format')!r}).")
-        float_fields = {"metric", "score", "relative", "ratio"}
-        matrices = []
-        for row in payload["matrices"]:
-            row = {k: (float("nan") if (k in float_fields and v is None) else v)
-                   for k, v in row.items()}
-            matrices.append(AllocatedMatrix(**row))
-        settings = payload.get("settings", {})
-        if isinstance(settings.get("clip"), list):
-            settings["clip"] = tuple(settings["clip"])
-        return cls(matrices=tuple(matrices), target=payload["target"], settings=settings)
+        from .._results import read_json_source
+
+        payload = read_json_source(source, func="Allocation.from_json")
+        if isinstance(payload, dict) and payload.get("format") == cls._json_format() \
+                and payload.get("version") == 1:
+            return cls._from_payload(payload, payload.get("settings", {}))
+        return super().from_json(source)
 
     # -- plotting ----------------------------------------------------------------------------
-    def plot(self, *, figsize=(8.0, 5.5), title: str | None = None):
-        """Sparsity ratio and metric by block.
+    def plot(self, ax=None, *, panel: str = "ratio", figsize=(8.0, 5.5), title: str | None = None):
+        """Sparsity ratio and the metric that drove it, by block.
 
-        Top: the ratio of the score-based matrices per block, one line per series (the module
-        type for ``units="matrix"``, the group for ``"split"`` or a per-group budget, else the
-        block), with the target dashed. Bottom: each matrix's metric by module type (small
-        markers) and the unit score (line). Matrices outside the repeated blocks are not drawn.
-
-        Parameters
-        ----------
-        figsize : tuple of float, default (8.0, 5.5)
-        title : str, optional
-            Figure title (default: a summary of the settings).
+        With ``ax`` omitted, a new figure with two panels: the ratio of the score-based matrices
+        per block (one line per series; the target dashed, the clip bounds dotted) and, below,
+        each matrix's metric (``settings["metric"]``, e.g. ``alpha_peak``) by module type with
+        the unit score. With ``ax`` given, the ``panel`` (``"ratio"`` or ``"metric"``) is drawn
+        there. See :func:`specmetrics.plotting.plot_allocation`.
 
         Returns
         -------
-        matplotlib.figure.Figure
+        matplotlib.axes.Axes
+            The ratio panel (or ``ax``); ``.figure`` is the whole figure.
         """
-        import matplotlib.pyplot as plt
+        from ..plotting.allocation import plot_allocation
 
-        units = self.settings.get("units")
-        per_group = self.settings.get("budget") == "per_group"
-        blocks = [m for m in self.matrices if m.block is not None]
-        fig, (ax_ratio, ax_metric) = plt.subplots(2, 1, sharex=True, figsize=figsize,
-                                                  constrained_layout=True)
-
-        def series_of(m: AllocatedMatrix) -> str:
-            if units == "matrix":
-                return m.module_type or "other"
-            if units == "split" or per_group:
-                return m.group
-            return "block"
-
-        type_order = {t: i for i, t in enumerate(MODULE_TYPES)}
-        series: dict[str, dict[int, list[AllocatedMatrix]]] = {}
-        for m in blocks:
-            if m.applied:
-                series.setdefault(series_of(m), {}).setdefault(m.block, []).append(m)
-        for label in sorted(series, key=lambda s: (type_order.get(s, 99), s)):
-            by_block = series[label]
-            xs = sorted(by_block)
-            ys = [math.fsum(m.ratio * m.n_params for m in by_block[b])
-                  / sum(m.n_params for m in by_block[b]) for b in xs]
-            ax_ratio.plot(xs, ys, marker="o", markersize=3, label=label)
-        ax_ratio.axhline(self.target, color="0.4", linestyle="--", linewidth=1,
-                         label=f"target {self.target:g}")
-        clip = self.settings.get("clip")
-        if clip is not None:
-            for bound in clip:
-                ax_ratio.axhline(bound, color="0.75", linestyle=":", linewidth=1)
-        ax_ratio.set_ylabel("sparsity ratio")
-        ax_ratio.legend(fontsize="small", ncol=4, loc="best")
-
-        metric_name = self.settings.get("metric") or "metric"
-        by_type: dict[str, list[AllocatedMatrix]] = {}
-        for m in blocks:
-            if math.isfinite(m.metric):
-                by_type.setdefault(m.module_type or "other", []).append(m)
-        for label in sorted(by_type, key=lambda s: (type_order.get(s, 99), s)):
-            ms = by_type[label]
-            ax_metric.plot([m.block for m in ms], [m.metric for m in ms], linestyle="none",
-                           marker=".", alpha=0.6, label=label)
-        unit_scores: dict[str, dict[int, float]] = {}
-        if units != "matrix":
-            for m in blocks:
-                if math.isfinite(m.score):
-                    key = "unit score" if units == "block" else f"{m.group} score"
-                    unit_scores.setdefault(key, {})[m.block] = m.score
-        for label, values in unit_scores.items():
-            xs = sorted(values)
-            ax_metric.plot(xs, [values[x] for x in xs], linewidth=1.5, label=label)
-        ax_metric.set_ylabel(str(metric_name))
-        ax_metric.set_xlabel("block")
-        if by_type or unit_scores:
-            ax_metric.legend(fontsize="small", ncol=4, loc="best")
-        method = self.settings.get("method", {})
-        fig.suptitle(title if title is not None else
-                     f"{method.get('name', '')} · units={units} · budget="
-                     f"{self.settings.get('budget')} · achieved {self.achieved:.4f}")
-        return fig
+        return plot_allocation(self, ax, panel=panel, figsize=figsize, title=title)

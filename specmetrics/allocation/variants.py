@@ -19,7 +19,7 @@ import re
 from types import MappingProxyType
 from typing import Any
 
-from .._checks import check_choice, fail
+from .._validation import check_choice, fail
 
 __all__ = ["SEED003_TYPES", "SEED003_VARIANTS", "seed003_variant"]
 

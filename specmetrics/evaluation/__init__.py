@@ -6,12 +6,12 @@
   (optional extra ``eval``).
 - :func:`embedding_fidelity`: how far a pruned sentence encoder's embeddings and nearest
   neighbours move from the dense model's.
-- :func:`~specmetrics.evaluation.corpus.load_text`: the small English corpus shipped with the
+- :func:`~specmetrics.calibration.load_text`: the small English corpus shipped with the
   package (calibration and evaluation text).
 
 Heavy optional packages (transformers, lm_eval, pandas) are imported where used.
 """
-from .corpus import CORPORA, load_paragraphs, load_text
+from ..calibration.corpora import CORPORA, load_paragraphs, load_text
 from .fidelity import FidelityResult, embedding_fidelity, sentence_embeddings
 from .perplexity import perplexity, tokenize_text
 from .zero_shot import DEFAULT_TASKS, TaskScore, ZeroShotResult, zero_shot

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_positive_int, fail
+from .._validation import check_choice, check_positive_int, fail
 from .perplexity import model_device
 
 __all__ = ["FidelityResult", "embedding_fidelity", "sentence_embeddings"]

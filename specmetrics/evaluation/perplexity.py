@@ -3,83 +3,54 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import warnings
 from typing import Any, Optional, Union
 
 import torch
 
-from .._checks import check_positive_int, fail
+from .._validation import check_bool, check_device, check_not_meta, check_positive_int, fail
+from ..calibration.text import check_token_ids, read_text, tokenize
+from ..calibration.windows import learned_positions, model_max_positions, model_vocab_size
 
 __all__ = ["perplexity", "tokenize_text", "model_device"]
 
 logger = logging.getLogger(__name__)
 
-TextLike = Union[str, "os.PathLike[str]", torch.Tensor]
+TextLike = Union[str, "os.PathLike[str]", list, torch.Tensor]
 
 
-def _read_text(text: Any, *, func: str) -> str:
-    """The text itself (``str``) or the contents of a file (``os.PathLike``)."""
-    if isinstance(text, os.PathLike):
-        path = os.fspath(text)
-        if not os.path.isfile(path):
-            raise fail("text", func, "a str of text or the os.PathLike of an existing file", text)
-        # newline="" keeps the file's line endings byte for byte (WikiText is LF-only).
-        with open(path, encoding="utf-8", newline="") as fh:
-            return fh.read()
-    if isinstance(text, str):
-        if text and len(text) < 1024 and "\n" not in text and os.path.isfile(text):
-            warnings.warn(
-                f"The text {text!r} names an existing file but is scored as text; pass "
-                "pathlib.Path(...) to read the file.",
-                UserWarning,
-                stacklevel=3,
-            )
-        return text
-    raise fail(
-        "text", func, "a str of text, an os.PathLike of a text file or a tensor of token ids",
-        type(text).__name__,
-    )
-
-
-def tokenize_text(tokenizer, text: TextLike, *, func: str = "tokenize_text") -> torch.Tensor:
+def tokenize_text(tokenizer, text: TextLike, *, func: str = "tokenize_text",
+                  vocab_size: Optional[int] = None) -> torch.Tensor:
     """Token ids of a whole text, tokenised once as Wanda does.
 
     Parameters
     ----------
     tokenizer : callable
-        A Hugging Face tokenizer (anything called as ``tokenizer(text, return_tensors="pt")``
-        that returns a mapping with ``"input_ids"``). Its default special tokens are used.
-    text : str, os.PathLike or torch.Tensor
-        The text (``str``), a UTF-8 text file (``pathlib.Path`` or other ``os.PathLike``), or
-        token ids already computed (integer tensor of shape ``(n,)`` or ``(1, n)``; returned as is).
+        A Hugging Face tokenizer (called as ``tokenizer(text, return_tensors="pt")``), or any
+        callable returning token ids. Its default special tokens are used.
+    text : str, os.PathLike, list of str or torch.Tensor
+        By the one text rule (:mod:`specmetrics.calibration.text`): the text itself (``str``), a
+        UTF-8 file (``pathlib.Path``), several texts joined with ``"\\n\\n"``; or token ids
+        already computed (integer tensor of shape ``(n,)`` or ``(1, n)``; returned as is).
     func : str
         Name used in error messages.
+    vocab_size : int, optional
+        When given, every id must lie in ``[0, vocab_size)``.
 
     Returns
     -------
     torch.LongTensor, shape (n,)
     """
     if isinstance(text, torch.Tensor):
-        if text.dtype.is_floating_point or text.dtype.is_complex or text.dtype == torch.bool or not (
-            text.dim() == 1 or (text.dim() == 2 and text.shape[0] == 1)
-        ):
+        if text.is_meta or text.dtype.is_floating_point or text.dtype.is_complex \
+                or text.dtype == torch.bool or not (
+                    text.dim() == 1 or (text.dim() == 2 and text.shape[0] == 1)):
             raise fail("text", func, "an integer tensor of token ids of shape (n,) or (1, n)",
                        f"tensor of dtype {text.dtype} and shape {tuple(text.shape)}")
-        return text.reshape(-1).long()
-    string = _read_text(text, func=func)
-    if not string:
-        raise fail("text", func, "a non-empty text", string)
-    if tokenizer is None:
-        raise fail("tokenizer", func, "a tokenizer when text is not already token ids", None)
-    try:
-        # verbose=False: silence the "longer than the model's maximum length" warning; the ids
-        # are cut into windows below.
-        encoding = tokenizer(string, return_tensors="pt", verbose=False)
-    except TypeError:
-        encoding = tokenizer(string, return_tensors="pt")
-    ids = encoding["input_ids"]
-    return torch.as_tensor(ids).reshape(-1).long()
+        ids = text.reshape(-1).long()
+        check_token_ids(ids, vocab_size, func=func, name="text")
+        return ids
+    string = read_text(text, name="text", func=func)
+    return tokenize(tokenizer, string, func=func, vocab_size=vocab_size)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -142,8 +113,9 @@ def perplexity(
         What to score. A ``str`` is the text itself; an ``os.PathLike`` (``pathlib.Path``) is a
         UTF-8 text file read verbatim (line endings kept), e.g. WikiText-2's ``wiki.test.raw``,
         which is already the rows joined by ``"\\n\\n"``; an integer tensor of shape ``(n,)`` or
-        ``(1, n)`` is token ids tokenised beforehand (reuse them across many models). A short
-        one-line ``str`` that names an existing file is still scored as text, with a warning.
+        ``(1, n)`` is token ids tokenised beforehand (reuse them across many models); a list of
+        texts is joined with ``"\\n\\n"``. (Transition: a one-line ``str`` naming an existing
+        file is read as that file with a ``DeprecationWarning``.)
     seqlen : int
         Window length in tokens, >= 2 (Wanda: ``model.seqlen``, 2048 for LLaMA, 4096 for
         LLaMA-2). Should not exceed the model's context length (a warning is logged if it does).
@@ -166,8 +138,10 @@ def perplexity(
     Raises
     ------
     ParameterError
-        If ``seqlen`` or ``max_windows`` is not a positive integer (``seqlen >= 2``), if ``text``
-        is of the wrong type or empty, or if it has fewer than ``seqlen`` tokens.
+        If ``seqlen`` or ``max_windows`` is not a positive integer (``seqlen >= 2``), if ``seqlen``
+        exceeds the model's learned position embeddings (GPT-2, OPT, BERT-style), if ``text`` is
+        of the wrong type or empty, has fewer than ``seqlen`` tokens or ids outside the
+        vocabulary, or ``device`` does not exist here.
 
     References
     ----------
@@ -183,13 +157,20 @@ def perplexity(
     >>> ppl = perplexity(model, tokenizer, Path("wiki.test.raw"), seqlen=2048)  # doctest: +SKIP
     """
     func = "perplexity"
-    check_positive_int(seqlen, name="seqlen", func=func, minimum=2)
+    if not isinstance(model, torch.nn.Module):
+        raise fail("model", func, "a torch.nn.Module (a causal LM)", type(model).__name__)
+    check_not_meta(model, name="model", func=func)
+    seqlen = check_positive_int(seqlen, name="seqlen", func=func, minimum=2)
     if max_windows is not None:
-        check_positive_int(max_windows, name="max_windows", func=func)
-    if not isinstance(progress, bool):
-        raise fail("progress", func, "a bool", progress)
+        max_windows = check_positive_int(max_windows, name="max_windows", func=func)
+    progress = check_bool(progress, name="progress", func=func)
+    device = check_device(device, func=func)
+    limit = learned_positions(model)
+    if limit is not None and seqlen > limit:
+        raise fail("seqlen", func, f"at most {limit}, the number of learned position embeddings "
+                   f"of {type(model).__name__}", seqlen)
 
-    ids = tokenize_text(tokenizer, text, func=func)
+    ids = tokenize_text(tokenizer, text, func=func, vocab_size=model_vocab_size(model))
     n_tokens = int(ids.numel())
     n_windows = n_tokens // seqlen
     if n_windows == 0:
@@ -198,9 +179,9 @@ def perplexity(
     if max_windows is not None:
         n_windows = min(n_windows, max_windows)
 
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(context, int) and seqlen > context:
-        logger.warning("seqlen=%d exceeds the model's max_position_embeddings=%d", seqlen, context)
+    context = model_max_positions(model)
+    if context is not None and seqlen > context:
+        logger.warning("seqlen=%d exceeds the model's maximum positions (%d)", seqlen, context)
 
     target = torch.device(device) if device is not None else model_device(model)
     kwargs = {}

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
-from .._checks import check_positive_int, fail
+from .._validation import check_positive_int, fail
 
 __all__ = ["DEFAULT_TASKS", "TaskScore", "ZeroShotResult", "zero_shot"]
 

@@ -1,48 +1,52 @@
-"""Pruning of linear layers: masks, calibration statistics, magnitude, Wanda and SparseGPT.
+"""Pruning of linear layers: methods behind one protocol, masks, and the ``prune()`` loop.
 
-Each method is a few pure tensor functions (accumulate statistics → compute mask or update →
-apply), with the configs that ``prune()`` dispatches on.
+Each method is a small frozen config (:mod:`~specmetrics.pruning.configs`) following
+:class:`~specmetrics.pruning.base.PruningMethod`: the calibration statistic it needs in, one
+pruned matrix out, from pure tensor functions (:mod:`~specmetrics.pruning.masks`,
+:mod:`~specmetrics.pruning.wanda`, :mod:`~specmetrics.pruning.sparsegpt`, ...). One registry
+(:data:`METHODS`) maps names to configs for ``prune(method="wanda")``, the CLI and the grid
+runners. :func:`prune` is the loop only (blocks, statistics, write-back, errors, atomic restore).
+
+May import: the base files, :mod:`specmetrics.models` and :mod:`specmetrics.calibration`.
 """
+from ..exceptions import CholeskyError, PruneError
+from .api import prune
+from .base import MatrixUpdate, PruningMethod
 from .configs import MagnitudeConfig, SparseGPTConfig, WandaConfig, parse_pattern
 from .magnitude import magnitude_mask
 from .masks import apply_mask, matrix_threshold_mask, nm_mask, row_topk_mask
-from .sparsegpt import CholeskyError, SparseGPTResult, sparsegpt_prune
-from .stats import HessianStats, SquaredNormStats
+from .registry import METHODS, method_label, method_names, register, resolve_method
+from .report import ModulePruneResult, PruneReport
+from .sparsegpt import SparseGPTResult, sparsegpt_prune
 from .wanda import wanda_mask, wanda_scores
-from .api import calibration_input_norms, owl_outlier_ratios, prune
-from .blocks import BlockLayout, PrunableModule, find_blocks
-from .calibration import CalibrationSet, load_calibration
-from .report import ModulePruneResult, PruneError, PruneReport
-from .sequential import BlockStep, SequentialRunner
 
 __all__ = [
-    "MagnitudeConfig",
-    "WandaConfig",
-    "SparseGPTConfig",
-    "parse_pattern",
-    "row_topk_mask",
-    "nm_mask",
-    "matrix_threshold_mask",
-    "apply_mask",
-    "SquaredNormStats",
-    "HessianStats",
-    "magnitude_mask",
-    "wanda_scores",
-    "wanda_mask",
-    "sparsegpt_prune",
-    "SparseGPTResult",
-    "CholeskyError",
-    "prune",
-    "PruneReport",
-    "ModulePruneResult",
-    "PruneError",
-    "calibration_input_norms",
-    "owl_outlier_ratios",
-    "CalibrationSet",
-    "load_calibration",
-    "find_blocks",
-    "BlockLayout",
-    "PrunableModule",
-    "SequentialRunner",
-    "BlockStep",
+    "prune", "PruneReport", "ModulePruneResult", "PruneError", "CholeskyError",
+    "PruningMethod", "MatrixUpdate", "METHODS", "register", "resolve_method", "method_names",
+    "method_label",
+    "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "parse_pattern",
+    "row_topk_mask", "nm_mask", "matrix_threshold_mask", "apply_mask",
+    "magnitude_mask", "wanda_scores", "wanda_mask", "sparsegpt_prune", "SparseGPTResult",
 ]
+
+
+def __getattr__(name):
+    """Names that moved to :mod:`specmetrics.calibration`, :mod:`specmetrics.models` or
+    :mod:`specmetrics.allocation` in the restructure (kept with a DeprecationWarning)."""
+    import importlib
+    import warnings
+
+    moved = {
+        "CalibrationSet": "specmetrics.calibration", "load_calibration": "specmetrics.calibration",
+        "SequentialRunner": "specmetrics.calibration", "BlockStep": "specmetrics.calibration",
+        "SquaredNormStats": "specmetrics.calibration", "HessianStats": "specmetrics.calibration",
+        "find_blocks": "specmetrics.models", "BlockLayout": "specmetrics.models",
+        "PrunableModule": "specmetrics.models",
+        "calibration_input_norms": "specmetrics.allocation",
+        "owl_outlier_ratios": "specmetrics.allocation",
+    }
+    if name in moved:
+        warnings.warn(f"specmetrics.pruning.{name} moved to {moved[name]}.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(moved[name]), name)
+    raise AttributeError(f"module 'specmetrics.pruning' has no attribute {name!r}")

@@ -1,9 +1,8 @@
-"""``prune()``: layer-by-layer pruning of a model in place, and OWL's calibration scores."""
+"""``prune()``: layer-by-layer pruning of a model in place; the loop around the methods."""
 from __future__ import annotations
 
 import logging
 import math
-import numbers
 import time
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -11,51 +10,30 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_interval, fail
-from .blocks import BlockLayout, find_blocks, set_weight_out_in, weight_out_in
-from .calibration import CalibrationSet, default_seqlen, load_calibration, model_max_positions
-from .configs import MagnitudeConfig, SparseGPTConfig, WandaConfig
-from .magnitude import magnitude_mask
-from .masks import apply_mask
-from .report import ModulePruneResult, PruneError, PruneReport
-from .sequential import SequentialRunner
-from .sparsegpt import sparsegpt_prune
-from .stats import HessianStats, SquaredNormStats
-from .wanda import wanda_mask, wanda_scores
+from .._validation import (check_bool, check_device, check_interval, check_not_meta, fail,
+                           is_real_number)
+from .._validation import shown as _shown
+from ..calibration.runner import SequentialRunner
+from ..calibration.windows import calibration_set
+from ..exceptions import PruneError
+from ..models.blocks import BlockLayout, find_blocks, set_weight_out_in, weight_out_in
+from .configs import WandaConfig
+from .registry import resolve_method
+from .report import ModulePruneResult, PruneReport
 
-__all__ = ["prune", "calibration_input_norms", "owl_outlier_ratios"]
+__all__ = ["prune"]
 
 logger = logging.getLogger(__name__)
 
 _FUNC = "prune"
-_METHODS = {"magnitude": MagnitudeConfig, "wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
-MethodConfig = MagnitudeConfig | WandaConfig | SparseGPTConfig
-
-
-# ----------------------------------------------------------------------------------------------
-# parameter checks (all of them run before any weight changes)
-
-def _resolve_method(method) -> MethodConfig:
-    if isinstance(method, (MagnitudeConfig, WandaConfig, SparseGPTConfig)):
-        return method
-    if isinstance(method, str) and method.lower() in _METHODS:
-        return _METHODS[method.lower()]()
-    raise fail("method", _FUNC, "a MagnitudeConfig, WandaConfig or SparseGPTConfig, or one of "
-               "'magnitude', 'wanda', 'sparsegpt'", method)
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _shown(names, limit: int = 6) -> str:
-    names = list(names)
-    text = ", ".join(repr(n) for n in names[:limit])
-    return text + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+    return is_real_number(value)
 
 
 def _resolve_sparsity(model: nn.Module, sparsity, layout: BlockLayout,
-                      config: MethodConfig) -> dict[str, float]:
+                      config) -> dict[str, float]:
     """``{prunable module name: ratio}`` from a float, None, an Allocation or a mapping."""
     nm = config.nm
     names = list(layout.modules)
@@ -117,33 +95,15 @@ def _resolve_sparsity(model: nn.Module, sparsity, layout: BlockLayout,
                "mapping {module name: ratio}", type(sparsity).__name__)
 
 
-def _resolve_device(device) -> Optional[torch.device]:
-    if device is None:
-        return None
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise fail("device", _FUNC, "None, a torch.device or a device string such as 'cuda'",
-                   device) from None
-
-
-def _calibration_set(model, calibration, *, tokenizer, nsamples, seqlen, seed,
-                     func: str) -> CalibrationSet:
-    if seqlen is None:
-        seqlen = default_seqlen(model, func=func)
-        if isinstance(calibration, CalibrationSet):
-            seqlen = min(seqlen, calibration.seqlen)
-        elif isinstance(calibration, torch.Tensor) and calibration.ndim == 2:
-            seqlen = min(seqlen, int(calibration.shape[1]))
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    return load_calibration(calibration, tokenizer=tokenizer, nsamples=nsamples, seqlen=seqlen,
-                            seed=seed, max_positions=model_max_positions(model),
-                            vocab_size=vocab if isinstance(vocab, int) else None, func=func)
-
-
-def _check_flag(value, name: str) -> bool:
-    check_choice(value, (False, True), name=name, func=_FUNC)
-    return bool(value)
+def _check_finite_weights(layout: BlockLayout, ratios: Mapping[str, float]) -> None:
+    """Every matrix to be pruned holds finite weights (found before any weight changes)."""
+    bad = []
+    for name, pm in layout.modules.items():
+        if ratios[name] > 0 and not bool(torch.isfinite(pm.module.weight.detach()).all()):
+            bad.append(name)
+    if bad:
+        raise fail("model", _FUNC, "a model whose prunable weights are all finite (NaN or inf in "
+                   f"{_shown(bad)})", type(layout.blocks[0]).__name__ if layout.blocks else "model")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,7 +135,7 @@ class _ErrorMeter:
 # ----------------------------------------------------------------------------------------------
 
 def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=None,
-          nsamples=128, seqlen=None, seed=0, device=None, atomic=False, measure_error=True,
+          nsamples=None, seqlen=None, seed=0, device=None, atomic=False, measure_error=None,
           progress=False) -> PruneReport:
     """Prune a model's linear layers in place, block by block.
 
@@ -191,18 +151,21 @@ def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=
         mapping ``{qualified module name: ratio}`` naming every prunable matrix (0.0 leaves one
         dense); or ``None`` with an N:M pattern (N/M). With an N:M pattern a float must equal
         N/M and a mapping is refused.
-    method : WandaConfig, SparseGPTConfig, MagnitudeConfig or str, default WandaConfig()
-        The pruning method and its pattern; ``"wanda"``, ``"sparsegpt"``, ``"magnitude"`` mean
-        the default config of each.
-    calibration : str, path, list of str, torch.Tensor or CalibrationSet, optional
-        Calibration data, required by Wanda and SparseGPT: a text file, a list of texts (joined
-        with ``"\\n\\n"``), a 1-D token stream, or token windows of shape (n, L); see
-        :func:`~specmetrics.pruning.load_calibration`. Optional for magnitude pruning: without
-        it no forward pass is run; with it the reconstruction errors are measured.
+    method : method config or str, default WandaConfig()
+        The pruning method and its pattern (a config of :data:`specmetrics.pruning.METHODS`:
+        ``MagnitudeConfig``, ``WandaConfig``, ``SparseGPTConfig``, ...), or a registered name
+        (``"magnitude"``, ``"wanda"``, ``"sparsegpt"``, ...) for its default config.
+    calibration : str, pathlib.Path, list of str, torch.Tensor or CalibrationSet, optional
+        Calibration data, required by methods that use activations (Wanda, SparseGPT): by the
+        one text rule a ``str`` is the text, a ``pathlib.Path`` a text file, a list of texts is
+        joined with ``"\\n\\n"``; or a 1-D token stream, or token windows of shape (n, L); see
+        :func:`~specmetrics.calibration.load_calibration`. Magnitude pruning ignores it unless
+        ``measure_error=True``.
     tokenizer : callable, optional
         Tokenizer for text calibration (a Hugging Face tokenizer).
-    nsamples : int, default 128
-        Number of calibration windows.
+    nsamples : int, optional
+        Number of calibration windows: 128 by default, every row of a ``CalibrationSet`` or
+        token-window tensor.
     seqlen : int, optional
         Tokens per window; default: the model's maximum positions, capped at 2048 (for a token
         tensor of shape (n, L), also capped at L).
@@ -215,9 +178,12 @@ def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=
     atomic : bool, default False
         Keep a host copy of every changed weight until the call succeeds, and restore the
         model exactly if it fails (memory: a copy of the prunable weights on the host).
-    measure_error : bool, default True
+    measure_error : bool or None, default None
         Measure each matrix's relative reconstruction error while its block is re-run (one
-        extra matrix product per matrix and sequence; needs calibration data).
+        extra matrix product per matrix and sequence; needs calibration data). ``None``: yes
+        for methods that run the calibration pass anyway (Wanda, SparseGPT), no for magnitude
+        pruning, where it would cost a whole calibration pass of the model (about as long as
+        Wanda's); ``True`` asks for it there too.
     progress : bool, default False
         Show a progress bar over the blocks.
 
@@ -256,21 +222,35 @@ def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=
     >>> report.to_frame()[["target", "achieved", "error"]]  # doctest: +SKIP
     """
     started = time.perf_counter()
-    config = _resolve_method(method)
+    config = resolve_method(method, func=_FUNC)
+    check_not_meta(model, name="model", func=_FUNC)
     layout = find_blocks(model, func=_FUNC)
     ratios = _resolve_sparsity(model, sparsity, layout, config)
-    compute_device = _resolve_device(device)
-    atomic = _check_flag(atomic, "atomic")
-    measure_error = _check_flag(measure_error, "measure_error")
-    _check_flag(progress, "progress")
+    compute_device = check_device(device, func=_FUNC)
+    atomic = check_bool(atomic, name="atomic", func=_FUNC)
+    asked_error = measure_error is not None
+    if asked_error:
+        measure_error = check_bool(measure_error, name="measure_error", func=_FUNC)
+    else:
+        measure_error = config.needs_calibration
+    progress = check_bool(progress, name="progress", func=_FUNC)
     if calibration is None:
         if config.needs_calibration:
-            raise fail("calibration", _FUNC, f"given for {type(config).__name__} (a text file, a "
-                       "list of texts or a tensor of token ids)", None)
+            raise fail("calibration", _FUNC, f"given for {type(config).__name__} (a text, a "
+                       "pathlib.Path of a text file, a list of texts or a tensor of token ids)",
+                       None)
+        if asked_error and measure_error:
+            raise fail("measure_error", _FUNC, "False (or None) without calibration data (the "
+                       "errors are measured on it)", measure_error)
+        calib = None
+    elif not config.needs_calibration and not measure_error:
+        logger.info("prune: %s needs no calibration data and measure_error is off: the "
+                    "calibration text is not used", config.name)
         calib = None
     else:
-        calib = _calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
-                                 seqlen=seqlen, seed=seed, func=_FUNC)
+        calib = calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
+                                seqlen=seqlen, seed=seed, func=_FUNC)
+    _check_finite_weights(layout, ratios)
     nm = config.nm
     if nm is not None:
         bad = [n for n, pm in layout.modules.items() if pm.in_features % nm[1]]
@@ -279,15 +259,9 @@ def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=
                        f"prunable matrix (M = {nm[1]} does not divide that of {_shown(bad)})",
                        config)
 
-    if isinstance(config, WandaConfig):
-        make_stat = SquaredNormStats
-    elif isinstance(config, SparseGPTConfig):
-        make_stat = HessianStats
-    else:
-        make_stat = None
+    make_stat = config.statistic
     if calib is not None and make_stat is not None and not any(r > 0 for r in ratios.values()):
         make_stat = None  # nothing will be pruned: the statistics would go unused
-    pattern = config.pattern
     logger.info("prune: %s, %d matrices in %d blocks, mean target %.4g, calibration %s",
                 config, len(ratios), len(layout), _weighted_target(layout, ratios),
                 None if calib is None else calib.settings())
@@ -324,20 +298,9 @@ def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=
                 current = name
                 t0 = time.perf_counter()
                 weight = weight_out_in(pm.module)
-                extra: dict[str, Any] = {}
-                if isinstance(config, MagnitudeConfig):
-                    new = apply_mask(weight, magnitude_mask(weight, ratio, pattern=pattern))
-                elif isinstance(config, WandaConfig):
-                    mask = wanda_mask(weight, step.stats[name].value, ratio, pattern=pattern)
-                    new = apply_mask(weight, mask)
-                else:
-                    res = sparsegpt_prune(
-                        weight, step.stats[name].value, ratio, pattern=pattern,
-                        blocksize=config.blocksize, percdamp=config.percdamp,
-                        max_damp_retries=config.max_damp_retries, damp_growth=config.damp_growth)
-                    new = res.weight
-                    extra = {"damp": res.damp, "retries": res.retries,
-                             "dead_inputs": res.dead_inputs}
+                stat = None if step.stats is None else step.stats[name]
+                update = config.prune_matrix(weight, stat, ratio)
+                new, extra = update.weight, dict(update.extras)
                 if measure_error and calib is not None:
                     last_meters[name] = _ErrorMeter(weight.float() - new.float(),
                                                     getattr(pm.module, "bias", None))
@@ -410,112 +373,3 @@ def _zero_fraction(weight: torch.Tensor) -> float:
 def _weighted_target(layout: BlockLayout, ratios: Mapping[str, float]) -> float:
     total = sum(pm.n_params for pm in layout.modules.values())
     return math.fsum(ratios[n] * pm.n_params for n, pm in layout.modules.items()) / total
-
-
-# ----------------------------------------------------------------------------------------------
-# OWL: outlier ratios of the dense model's Wanda scores, from the same sequential capture
-
-def _dense_sq_norm_pass(model, calibration, *, tokenizer, nsamples, seqlen, seed, device,
-                        progress, func, on_block):
-    """Run the dense model block by block with Wanda's statistic; ``on_block(step)`` per block."""
-    layout = find_blocks(model, func=func)
-    compute_device = None if device is None else torch.device(device)
-    if calibration is None:
-        raise fail("calibration", func, "given (a text file, a list of texts or a tensor of "
-                   "token ids)", None)
-    calib = _calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
-                             seqlen=seqlen, seed=seed, func=func)
-    runner = SequentialRunner(model, layout, calib.input_ids, device=compute_device,
-                              make_stat=SquaredNormStats, progress=progress, desc=func)
-    steps = iter(runner)
-    try:
-        for step in steps:
-            on_block(step)
-            step.modified = False  # dense: the statistics pass already gave the outputs
-    finally:
-        steps.close()
-    return layout
-
-
-def calibration_input_norms(model, calibration, *, tokenizer=None, nsamples=128, seqlen=None,
-                            seed=0, device=None, progress=False) -> dict[str, torch.Tensor]:
-    """Wanda's input statistic of every prunable matrix of the dense model.
-
-    The same layer-sequential capture as :func:`prune`, with no pruning (so the result equals a
-    plain forward pass with hooks, to rounding). Feed it to OWL as
-    ``allocate(model, S, method=OWLConfig(calibration=norms))``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Left unchanged.
-    calibration, tokenizer, nsamples, seqlen, seed, device, progress
-        As for :func:`prune`.
-
-    Returns
-    -------
-    dict of str to torch.Tensor
-        ``{module name: s}`` with ``s`` of shape (in_features,), float32, on the CPU: the mean
-        over calibration sequences of ``Σ_tokens x_j²``.
-    """
-    out: dict[str, torch.Tensor] = {}
-
-    def on_block(step):
-        for name in step.modules:
-            out[name] = step.stats[name].value.detach().to("cpu", copy=True)
-
-    _dense_sq_norm_pass(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
-                        seqlen=seqlen, seed=seed, device=device, progress=progress,
-                        func="calibration_input_norms", on_block=on_block)
-    return out
-
-
-def owl_outlier_ratios(model, calibration, *, tokenizer=None, m=5.0, nsamples=128, seqlen=None,
-                       seed=0, device=None, progress=False) -> dict[str, float]:
-    """OWL's layer-wise outlier ratio of each block of the dense model.
-
-    For block ``l``, the Wanda scores ``A = |W_ij| · ‖X_j‖₂`` of all its prunable matrices are
-    pooled and ``D_l = 100 · #{A > m · mean(A)} / #A`` (OWL's ``lib/prune_all.py``), computed on
-    the block's device while the block is visited.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Left unchanged.
-    calibration, tokenizer, nsamples, seqlen, seed, device, progress
-        As for :func:`prune`.
-    m : float, default 5.0
-        Outlier threshold multiple ``M`` (> 0).
-
-    Returns
-    -------
-    dict of str to float
-        ``{block name: D_l}`` (e.g. ``{"model.layers.0": 3.1, ...}``), in percent. For
-        :func:`~specmetrics.allocate`, give each block's ratio to its matrices and pass that
-        scores mapping with ``method=OWLConfig(...)`` and ``n_params``, or pass
-        :func:`calibration_input_norms` as ``OWLConfig(calibration=...)``.
-    """
-    func = "owl_outlier_ratios"
-    m = check_interval(m, 0.0, math.inf, name="m", func=func, closed="neither")
-    out: dict[str, float] = {}
-
-    def on_block(step):
-        if not step.modules:
-            return
-        total = torch.zeros((), dtype=torch.float64, device=step.device)
-        count = 0
-        for name, pm in step.modules.items():
-            scores = wanda_scores(weight_out_in(pm.module), step.stats[name].value)
-            total += scores.double().sum()
-            count += scores.numel()
-        threshold = m * float(total) / count
-        outliers = 0
-        for name, pm in step.modules.items():
-            scores = wanda_scores(weight_out_in(pm.module), step.stats[name].value)
-            outliers += int((scores.double() > threshold).sum())
-        out[step.name] = 100.0 * outliers / count
-
-    _dense_sq_norm_pass(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
-                        seqlen=seqlen, seed=seed, device=device, progress=progress, func=func,
-                        on_block=on_block)
-    return out

@@ -12,6 +12,11 @@ Each config names a sparsity *pattern*:
 
 The sparsity ratio itself is not part of a config: it is per matrix (uniform or from an
 allocation) and is passed to the pruning functions separately.
+
+Every config is a pruning *method* in the sense of :class:`~specmetrics.pruning.base.PruningMethod`:
+it names the calibration statistic it needs (``statistic``) and prunes one matrix from that
+statistic (``prune_matrix``); :func:`~specmetrics.prune` is the loop around them, and
+:mod:`~specmetrics.pruning.registry` maps each ``name`` to its config class.
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from .._checks import check_interval, check_positive_int, fail
+from .._validation import check_interval, check_positive_int, fail
+from ..calibration.stats import HessianStats, SquaredNormStats
+from .base import MatrixUpdate
 
 __all__ = [
     "MagnitudeConfig",
@@ -136,6 +143,17 @@ class MagnitudeConfig:
         """``False``: magnitude pruning looks at the weights only."""
         return False
 
+    #: no calibration statistic
+    statistic: ClassVar[None] = None
+
+    def prune_matrix(self, weight, stat, sparsity: float) -> MatrixUpdate:
+        """Zero the smallest-magnitude weights (``stat`` is ignored)."""
+        from .magnitude import magnitude_mask
+        from .masks import apply_mask
+
+        return MatrixUpdate(apply_mask(weight, magnitude_mask(weight, sparsity,
+                                                              pattern=self.pattern)))
+
 
 @dataclass(frozen=True)
 class WandaConfig:
@@ -172,6 +190,17 @@ class WandaConfig:
     def needs_calibration(self) -> bool:
         """``True``: the scores need the input norms of calibration activations."""
         return True
+
+    #: the per-input-channel squared norms of the layer's calibration inputs
+    statistic: ClassVar[type] = SquaredNormStats
+
+    def prune_matrix(self, weight, stat, sparsity: float) -> MatrixUpdate:
+        """Zero the lowest ``|W_ij| · sqrt(s_j)`` of each row (or N:M group)."""
+        from .masks import apply_mask
+        from .wanda import wanda_mask
+
+        return MatrixUpdate(apply_mask(weight, wanda_mask(weight, stat.value, sparsity,
+                                                          pattern=self.pattern)))
 
 
 @dataclass(frozen=True)
@@ -227,3 +256,18 @@ class SparseGPTConfig:
     def needs_calibration(self) -> bool:
         """``True``: the update needs the Hessian of calibration activations."""
         return True
+
+    #: the layer Hessian ``(2/N) Σ x xᵀ`` of the calibration inputs
+    statistic: ClassVar[type] = HessianStats
+
+    def prune_matrix(self, weight, stat, sparsity: float) -> MatrixUpdate:
+        """SparseGPT's OBS mask and weight update (see
+        :func:`~specmetrics.pruning.sparsegpt.sparsegpt_prune`)."""
+        from .sparsegpt import sparsegpt_prune
+
+        res = sparsegpt_prune(weight, stat.value, sparsity, pattern=self.pattern,
+                              blocksize=self.blocksize, percdamp=self.percdamp,
+                              max_damp_retries=self.max_damp_retries,
+                              damp_growth=self.damp_growth)
+        return MatrixUpdate(res.weight, {"damp": res.damp, "retries": res.retries,
+                                         "dead_inputs": res.dead_inputs})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_interval, check_positive_int, fail
+from .._validation import check_interval, check_positive_int, fail
 
 __all__ = [
     "row_topk_mask",
@@ -50,7 +50,7 @@ def check_weight(weight, func: str) -> Tensor:
     return weight.detach()
 
 
-def _lowest_k(scores: Tensor, k: int) -> Tensor:
+def lowest_k(scores: Tensor, k: int) -> Tensor:
     """Mask of the ``k`` lowest entries of each row of a 2-D tensor, ties to the lower index."""
     rows, cols = scores.shape
     if k <= 0 or rows == 0:
@@ -89,7 +89,7 @@ def row_topk_mask(scores: Tensor, sparsity: float) -> Tensor:
     """
     scores = _check_scores(scores, "row_topk_mask")
     s = check_interval(sparsity, 0, 1, name="sparsity", func="row_topk_mask", closed="both")
-    return _lowest_k(scores, int(scores.shape[1] * s))
+    return lowest_k(scores, int(scores.shape[1] * s))
 
 
 def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
@@ -125,7 +125,7 @@ def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
         raise fail("scores", func, f"of a shape whose in_features is divisible by m = {m}",
                    tuple(scores.shape))
     grouped = scores.reshape(rows * (cols // m), m)
-    return _lowest_k(grouped, n).reshape(rows, cols)
+    return lowest_k(grouped, n).reshape(rows, cols)
 
 
 def matrix_threshold_mask(scores: Tensor, sparsity: float) -> Tensor:
@@ -147,7 +147,7 @@ def matrix_threshold_mask(scores: Tensor, sparsity: float) -> Tensor:
     scores = _check_scores(scores, "matrix_threshold_mask")
     s = check_interval(sparsity, 0, 1, name="sparsity", func="matrix_threshold_mask",
                        closed="both")
-    return _lowest_k(scores.reshape(1, -1), int(scores.numel() * s)).reshape(scores.shape)
+    return lowest_k(scores.reshape(1, -1), int(scores.numel() * s)).reshape(scores.shape)
 
 
 def apply_mask(weight: Tensor, mask: Tensor) -> Tensor:

@@ -5,31 +5,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
+
+from .._results import KeyedResult, jsonable, nan_if_none
+from ..exceptions import PruneError
 
 __all__ = ["ModulePruneResult", "PruneReport", "PruneError"]
 
-
-class PruneError(RuntimeError):
-    """Pruning failed part-way.
-
-    Attributes
-    ----------
-    changed : list of str
-        Qualified names of the modules whose weights were already modified and are still
-        modified (empty when ``atomic=True`` restored the model).
-    restored : bool
-        Whether the model was restored to its state before the call (``atomic=True``).
-    module : str or None
-        The module being processed when the failure happened (``None`` if between modules).
-    """
-
-    def __init__(self, message: str, *, changed: list[str], restored: bool,
-                 module: Optional[str] = None):
-        super().__init__(message)
-        self.changed = list(changed)
-        self.restored = restored
-        self.module = module
+_FLOAT_FIELDS = ("target", "achieved", "error", "time_s", "damp")
 
 
 @dataclass(frozen=True)
@@ -85,7 +68,7 @@ def _weighted(values, weights) -> float:
 
 
 @dataclass(frozen=True, eq=False)
-class PruneReport(Mapping):
+class PruneReport(KeyedResult):
     """Per-module results of :func:`~specmetrics.prune`, keyed by qualified module name.
 
     A read-only mapping ``{module name: ModulePruneResult}`` in model order.
@@ -104,6 +87,9 @@ class PruneReport(Mapping):
         Where the blocks ran (``"module"``: each where its parameters were).
     time_s : float
         Wall-clock seconds of the whole call.
+    settings : Settings
+        All of the above but ``modules`` and ``time_s``, JSON-able (the method as
+        ``{"name", fields...}``).
     """
 
     modules: tuple
@@ -114,25 +100,20 @@ class PruneReport(Mapping):
     calibration: Optional[Mapping] = None
     device: str = "module"
     time_s: float = 0.0
-    _by_name: Mapping = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "modules", tuple(self.modules))
         by_name = {m.name: m for m in self.modules}
         if len(by_name) != len(self.modules):
             raise ValueError("module names in a PruneReport must be unique.")
-        object.__setattr__(self, "_by_name", MappingProxyType(by_name))
         if self.calibration is not None:
             object.__setattr__(self, "calibration", MappingProxyType(dict(self.calibration)))
-
-    def __getitem__(self, name: str) -> ModulePruneResult:
-        return self._by_name[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._by_name)
-
-    def __len__(self) -> int:
-        return len(self._by_name)
+        self._init_result(by_name, {
+            "method": jsonable(self.method), "nsamples": self.nsamples, "seqlen": self.seqlen,
+            "seed": self.seed,
+            "calibration": None if self.calibration is None else dict(self.calibration),
+            "device": self.device,
+        })
 
     def __repr__(self) -> str:
         return (f"PruneReport(method={self.method!r}, n_modules={len(self)}, "
@@ -161,7 +142,8 @@ class PruneReport(Mapping):
 
     def to_frame(self):
         """One row per module, indexed by module name, with every field of
-        :class:`ModulePruneResult`.
+        :class:`ModulePruneResult` (``block``, ``shape``, ``n_params``, ``target``, ``achieved``,
+        ``error``, ``time_s``, ``damp``, ``retries``, ``dead_inputs``).
 
         Returns
         -------
@@ -173,13 +155,39 @@ class PruneReport(Mapping):
         frame = pd.DataFrame([asdict(m) for m in self.modules], columns=columns)
         return frame.set_index("name")
 
-    def settings(self) -> dict[str, Any]:
-        """The recorded settings: method, calibration, device."""
-        return {
-            "method": self.method,
-            "nsamples": self.nsamples,
-            "seqlen": self.seqlen,
-            "seed": self.seed,
-            "calibration": None if self.calibration is None else dict(self.calibration),
-            "device": self.device,
-        }
+    def plot(self, ax=None):
+        """Achieved sparsity and reconstruction error by block.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from ..plotting.pruning import plot_prune_report
+
+        return plot_prune_report(self, ax)
+
+    # -- JSON --------------------------------------------------------------------------------
+    def _to_payload(self) -> Any:
+        return {"modules": [asdict(m) for m in self.modules], "time_s": self.time_s}
+
+    @classmethod
+    def _from_payload(cls, data: Any, settings: Mapping) -> "PruneReport":
+        modules = []
+        for row in data["modules"]:
+            row = {k: (nan_if_none(v) if k in _FLOAT_FIELDS else v) for k, v in row.items()}
+            row["shape"] = tuple(row["shape"])
+            modules.append(ModulePruneResult(**row))
+        method = settings.get("method")
+        try:
+            from .registry import resolve_method
+
+            config = dict(method)
+            name = config.pop("name")
+            method = type(resolve_method(name))(**config)
+        except Exception:  # an unregistered method: keep its description
+            pass
+        return cls(modules=tuple(modules), method=method, nsamples=settings.get("nsamples"),
+                   seqlen=settings.get("seqlen"), seed=settings.get("seed"),
+                   calibration=settings.get("calibration"), device=settings.get("device",
+                                                                                 "module"),
+                   time_s=float(data.get("time_s", 0.0)))

@@ -32,17 +32,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._checks import fail
+from .._validation import fail
+from ..exceptions import CholeskyError
 from .configs import check_sparsegpt_options, resolve_pattern
-from .masks import _lowest_k, check_weight
+from .masks import check_weight, lowest_k
 
 __all__ = ["sparsegpt_prune", "SparseGPTResult", "CholeskyError"]
 
 logger = logging.getLogger(__name__)
-
-
-class CholeskyError(RuntimeError):
-    """The damped Hessian could not be factorised, even after the allowed damping retries."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,13 +253,13 @@ def sparsegpt_prune(
         d1 = torch.diagonal(U1)
         if nm is None:
             tile = W1 ** 2 / d1.reshape(1, -1) ** 2
-            mask1 = _lowest_k(tile.reshape(1, -1), int(tile.numel() * s)).reshape(tile.shape)
+            mask1 = lowest_k(tile.reshape(1, -1), int(tile.numel() * s)).reshape(tile.shape)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:
                 group = W1[:, i:i + nm[1]] ** 2 / d1[i:i + nm[1]].reshape(1, -1) ** 2
-                mask1[:, i:i + nm[1]] = _lowest_k(group, nm[0])
+                mask1[:, i:i + nm[1]] = lowest_k(group, nm[0])
             w = W1[:, i]
             q = w.masked_fill(mask1[:, i], 0.0)
             err = (w - q) / U1[i, i]

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import fail
+from .._validation import fail
+from ..calibration.stats import input_weighted_magnitude
 from .configs import resolve_pattern
 from .masks import check_weight, nm_mask, row_topk_mask
 
@@ -47,7 +48,7 @@ def wanda_scores(weight: Tensor, sq_norms: Tensor) -> Tensor:
     if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
         raise fail("sq_norms", func, "finite and >= 0", "a tensor with negative or non-finite "
                    "entries")
-    return w.float().abs() * torch.sqrt(s).reshape(1, -1)
+    return input_weighted_magnitude(w, s)
 
 
 def wanda_mask(weight: Tensor, sq_norms: Tensor, sparsity: float, *,

@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pruning.tiny_models import build, one_torch_thread, token_windows  # noqa: F401
+from tiny_models import build, one_torch_thread, token_windows  # noqa: F401
 from strategies import activation_samples, seeds, sparsity_targets
 from specmetrics import ParameterError
-from specmetrics.pruning import find_blocks
+from specmetrics.models import find_blocks
 from specmetrics.activations import (ActivationStats, abs_threshold, activation_stats,
                                      find_sites, fraction_at_or_below, neg_threshold,
                                      pos_threshold, teal_signed_threshold)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pruning.tiny_models import build, one_torch_thread, token_windows  # noqa: F401
+from tiny_models import build, one_torch_thread, token_windows  # noqa: F401
 from strategies import gqa_projection_sizes, seeds
 from specmetrics import ParameterError
 from specmetrics.activations import activation_stats, find_sites

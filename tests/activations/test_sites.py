@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pruning.tiny_models import build
+from tiny_models import build
 from specmetrics import ParameterError
 from specmetrics.activations import SITE_KINDS, Site, find_sites
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pruning.tiny_models import build, one_torch_thread, token_windows  # noqa: F401
+from tiny_models import build, one_torch_thread, token_windows  # noqa: F401
 from specmetrics import ParameterError
 from specmetrics.activations import find_sites
 from specmetrics.activations.sparsify import (SPARSIFIABLE_KINDS, TorchThreshold, apply_threshold,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from specmetrics import ParameterError
 from specmetrics.allocation import (AlphaPruningConfig, DegenerateMetricWarning, OWLConfig,
                                     SEED003_VARIANTS, UniformConfig, allocate, seed003_variant)
-from specmetrics.allocation.module_types import module_group, type_in
+from specmetrics.models.naming import module_group, type_in
 from strategies import LLAMA_TYPES, llama_names, model_scores
 
 TYPES = ("q", "k", "v", "o", "gate", "up", "down")

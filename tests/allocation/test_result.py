@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+import specmetrics
+
 from specmetrics.allocation import AllocatedMatrix, Allocation, allocate
 from strategies import llama_names
 
@@ -62,8 +64,8 @@ def test_to_frame(alloc):
 def test_json_roundtrip(alloc, tmp_path):
     text = alloc.to_json()
     payload = json.loads(text)  # strict JSON: no NaN literals
-    assert payload["format"] == "specmetrics.Allocation" and payload["target"] == 0.55
-    assert payload["ratios"] == alloc.ratios
+    assert payload["format"] == "specmetrics.Allocation" and payload["data"]["target"] == 0.55
+    assert payload["data"]["ratios"] == alloc.ratios
     assert payload["settings"]["units"] == "split"
     back = Allocation.from_json(text)
     assert back == alloc and back.ratios == alloc.ratios  # exact floats
@@ -76,8 +78,22 @@ def test_json_roundtrip(alloc, tmp_path):
     alloc.to_json(path)
     assert Allocation.from_json(path).ratios == alloc.ratios
     assert Allocation.from_json(str(path)).achieved == pytest.approx(0.55, abs=1e-12)
-    with pytest.raises(ValueError, match="not a serialised Allocation"):
+    with pytest.raises(specmetrics.ParameterError, match="a serialised Allocation"):
         Allocation.from_json('{"format": "other"}')
+    # the layout written by the previous version (format version 1) still reads
+    old = {"format": "specmetrics.Allocation", "version": 1, "target": payload["data"]["target"],
+           "settings": payload["settings"], "ratios": payload["data"]["ratios"],
+           "matrices": payload["data"]["matrices"]}
+    assert Allocation.from_json(json.dumps(old)) == alloc
+
+
+def test_frozen(alloc):
+    with pytest.raises(AttributeError):
+        alloc.target = 0.1
+    with pytest.raises(TypeError):
+        alloc.settings["units"] = "matrix"
+    with pytest.raises(TypeError):
+        alloc["model.layers.0.self_attn.q_proj"] = 0.1
 
 
 def test_plot(alloc):
@@ -85,12 +101,17 @@ def test_plot(alloc):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = alloc.plot()
+    ax = alloc.plot()
+    fig = ax.figure
     try:
         ratio_ax, metric_ax = fig.axes[:2]
+        assert ratio_ax is ax
         labels = [line.get_label() for line in ratio_ax.get_lines()]
         assert "attention" in labels and "mlp" in labels
         assert metric_ax.get_ylabel() == "alpha_peak"
+        _, one = plt.subplots()
+        assert alloc.plot(one, panel="metric") is one and one.get_ylabel() == "alpha_peak"
+        plt.close(one.figure)
     finally:
         plt.close(fig)
 

@@ -77,9 +77,10 @@ def test_path_str_and_token_ids_agree(make_llama, word_tokenizer, text, tmp_path
     ids = _ids(word_tokenizer, text)
     assert perplexity(model, None, ids, seqlen=SEQLEN) == from_text
     assert perplexity(model, None, ids[None], seqlen=SEQLEN) == from_text
-    with pytest.warns(UserWarning, match="names an existing file"):
-        with pytest.raises(ParameterError):  # the path itself, as text, is far too short
-            perplexity(model, word_tokenizer, str(file), seqlen=1000)
+    # the one text rule: a str naming an existing file is read as it, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="names an existing file"):
+        assert perplexity(model, word_tokenizer, str(file), seqlen=SEQLEN) == from_text
+    assert perplexity(model, word_tokenizer, [text], seqlen=SEQLEN) == from_text
 
 
 def test_restores_training_mode_and_grad(make_llama, word_tokenizer, text):
@@ -112,7 +113,7 @@ def test_bad_text(make_llama, word_tokenizer, bad):
 
 
 def test_missing_file(make_llama, word_tokenizer, tmp_path):
-    with pytest.raises(ParameterError, match="existing file"):
+    with pytest.raises(ParameterError, match="no such file"):
         perplexity(make_llama(), word_tokenizer, tmp_path / "nope.txt", seqlen=SEQLEN)
 
 

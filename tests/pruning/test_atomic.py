@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import specmetrics.pruning.api as api
-from pruning.tiny_models import build, model_output, one_torch_thread, token_windows  # noqa: F401
-from specmetrics.pruning import CholeskyError, PruneError, SparseGPTConfig, find_blocks, prune
+import specmetrics.pruning.sparsegpt as api
+from tiny_models import build, model_output, one_torch_thread, token_windows  # noqa: F401
+from specmetrics.models import find_blocks
+from specmetrics.pruning import CholeskyError, PruneError, SparseGPTConfig, prune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from specmetrics import ParameterError
-from specmetrics.pruning import SquaredNormStats, magnitude_mask, wanda_mask, wanda_scores
+from specmetrics.calibration import SquaredNormStats
+from specmetrics.pruning import magnitude_mask, wanda_mask, wanda_scores
 
 
 def linear_with_inputs(seed=0, in_features=48, out_features=20):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import specmetrics
-from pruning.tiny_models import (ARCHS, build, model_output, one_torch_thread,  # noqa: F401
+from tiny_models import (ARCHS, build, model_output, one_torch_thread,  # noqa: F401
                                  token_windows)
 from specmetrics import ParameterError
 from specmetrics.pruning import (MagnitudeConfig, PruneReport, SparseGPTConfig, WandaConfig,
@@ -39,7 +39,8 @@ def _tolerance(report, name):
 def test_prune_half_every_arch_and_method(arch, method):
     model = build(arch)
     ids = token_windows(4, 16)
-    report = prune(model, 0.5, method=METHODS[method], calibration=ids, nsamples=4)
+    report = prune(model, 0.5, method=METHODS[method], calibration=ids, nsamples=4,
+                   measure_error=True)
     layout = find_blocks(model)
     assert isinstance(report, PruneReport)
     assert list(report) == list(layout.modules)
@@ -91,7 +92,8 @@ def test_magnitude_without_calibration_runs_no_forward():
 
 def test_prune_matches_the_pure_functions_on_block_zero():
     """Block 0 of a sequential Wanda run equals wanda_mask on hook statistics of the dense model."""
-    from specmetrics.pruning import SquaredNormStats, apply_mask, wanda_mask
+    from specmetrics.calibration import SquaredNormStats
+    from specmetrics.pruning import apply_mask, wanda_mask
 
     model = build("llama")
     ids = token_windows(3, 16)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from specmetrics import ParameterError
-from specmetrics.pruning import CholeskyError, HessianStats, SparseGPTResult, sparsegpt_prune
+from specmetrics.calibration import HessianStats
+from specmetrics.pruning import CholeskyError, SparseGPTResult, sparsegpt_prune
 
 
 @pytest.fixture(autouse=True, scope="module")

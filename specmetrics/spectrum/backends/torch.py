@@ -1,0 +1,116 @@
+"""The native backend: batched eigenvalues in torch, vectorised fits, pure metrics."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...exceptions import DegenerateSpectrumWarning
+from ...models.matrices import WeightMatrix, list_weight_matrices, split_matrices
+from .. import metrics as M
+from ..eigen import eigenvalues, layer_eigenvalues
+from ..powerlaw import PowerLawFit, fit_power_law
+from ..results import LayerSpectrum, SpectrumReport
+from .base import WW_TYPES, EsdOptions, skip_reason, warn_failed_fits, ww_warning
+
+__all__ = ["analyze", "layer_row"]
+
+
+def layer_row(
+    w: WeightMatrix,
+    evals: np.ndarray,
+    *,
+    xmin: Any = "ks",
+    clip_xmax: bool = False,
+    distribution: str = "power_law",
+) -> tuple[dict[str, PowerLawFit], dict[str, Any]]:
+    """All fits and metrics of one matrix from its eigenvalues (pure function).
+
+    Returns
+    -------
+    fits : dict
+        ``"alpha"``, ``"alpha_peak"``, ``"alpha_mid"`` -> :class:`PowerLawFit`.
+    row : dict
+        WeightWatcher's columns plus ``alpha_peak``, ``alpha_mid``, ``n_params``.
+    """
+    n, m, rf = w.n_m_rf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateSpectrumWarning)
+        fits = {
+            "alpha": fit_power_law(evals, xmin=xmin, clip_xmax=clip_xmax, distribution=distribution, warn=False),
+            "alpha_peak": fit_power_law(evals, xmin="peak", warn=False),
+            "alpha_mid": fit_power_law(evals, xmin="mid", warn=False),
+        }
+    main = fits["alpha"]
+    row: dict[str, Any] = {
+        "alpha": main.alpha,
+        "xmin": main.xmin,
+        "xmax": main.xmax,
+        "D": main.ks_distance,
+        "sigma": main.sigma,
+        "num_pl_spikes": main.n_tail if main.success else 0,
+    }
+    row.update(M.norm_metrics(evals, n, main.alpha))
+    row.update(
+        N=n, M=m, Q=n / m, rf=rf, layer_type=WW_TYPES[w.kind], has_esd=True,
+        status="success" if main.success else "failed", warning=ww_warning(main.alpha),
+        alpha_peak=fits["alpha_peak"].alpha, alpha_mid=fits["alpha_mid"].alpha,
+        n_params=w.n_params, fit_message=main.message,
+    )
+    if distribution == "truncated_power_law":
+        row["Lambda"] = main.truncation
+    if clip_xmax:
+        row["num_fingers"] = main.n_fingers
+    return fits, row
+
+
+def _random_eigenvalues(w: WeightMatrix, *, seed: int, dtype, device, method: str) -> np.ndarray:
+    """Eigenvalues of an element-shuffled copy of ``w`` (seeded)."""
+    weight = w.load().to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(weight).all()):
+        return np.full(w.n_m_rf[1] * w.n_m_rf[2], np.nan)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    perm = torch.randperm(weight.numel(), generator=gen).to(device)
+    shuffled = weight.reshape(-1)[perm].reshape(weight.shape)
+    mats, scale = split_matrices(shuffled, w.kind)
+    ev = (eigenvalues(mats, method=method) * scale).reshape(-1)
+    return np.sort(ev.to(torch.float64).cpu().numpy())
+
+
+def analyze(source: Any, opts: EsdOptions) -> SpectrumReport:
+    """Native implementation of :func:`specmetrics.esd` (see :class:`~specmetrics.spectrum.EsdOptions`)."""
+    matrices = list_weight_matrices(source, include=opts.include, exclude=opts.exclude, func="esd")
+    skipped: dict[str, str] = {}
+    todo: list[WeightMatrix] = []
+    for w in matrices:
+        reason = skip_reason(w, opts.min_evals, opts.max_evals, opts.max_n)
+        if reason is None:
+            todo.append(w)
+        else:
+            skipped[w.name] = reason
+    results: dict[str, LayerSpectrum] = {}
+    position = {w.name: i for i, w in enumerate(todo)}
+    for w, ev in (
+        layer_eigenvalues(
+            todo, dtype=opts.dtype, device=opts.device, method=opts.method,
+            batch_bytes=opts.batch_bytes, progress=opts.progress,
+        )
+    ):
+        fits, row = layer_row(w, ev, xmin=opts.xmin, clip_xmax=opts.clip_xmax, distribution=opts.distribution)
+        n, m, _ = w.n_m_rf
+        if opts.mp_fit:
+            row.update(M.mp_fit(ev, n, m))
+        if opts.randomize:
+            rand = _random_eigenvalues(
+                w, seed=opts.seed + position[w.name], dtype=opts.dtype, device=opts.device, method=opts.method
+            )
+            row["rand_distance"] = M.rand_distance(ev, rand)
+            row["max_rand_eval"] = float(rand.max())
+            row["ww_softrank"] = float(rand.max() / ev.max())
+        results[w.name] = LayerSpectrum(w.name, w.kind, w.shape, w.n_params, ev, fits, row)
+    warn_failed_fits(results)
+    ordered = {w.name: results[w.name] for w in todo}
+    return SpectrumReport(ordered, backend="torch", skipped=skipped, settings=opts.summary())
