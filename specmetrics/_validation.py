@@ -26,7 +26,7 @@ from .exceptions import ParameterError
 __all__ = [
     "fail", "check_choice", "check_interval", "check_positive_int", "check_int", "check_bool",
     "check_seed", "check_real", "check_device", "check_float_dtype", "check_not_meta",
-    "is_real_number", "is_integer", "shown",
+    "is_real_number", "is_integer", "shown", "renamed_keywords",
 ]
 
 
@@ -240,3 +240,30 @@ def check_not_meta(tensor_or_module: Any, *, name: str, func: str) -> None:
                 raise fail(name, func, "a model whose weights hold data (not on the 'meta' "
                            "device)", f"{type(tensor_or_module).__name__} with meta parameter "
                            f"{pname!r}")
+
+
+def renamed_keywords(**renames):
+    """Decorator: accept the earlier spelling of keyword arguments, with a DeprecationWarning.
+
+    ``@renamed_keywords(kinds="sites")`` makes ``f(kinds=x)`` call ``f(sites=x)``; giving both is
+    an error.
+    """
+    import functools
+    import warnings
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise fail(old, fn.__name__, f"left out when {new!r} is given (it is the "
+                                   f"earlier name of {new!r})", kwargs[old])
+                    warnings.warn(f"{fn.__name__}({old}=...) is now {fn.__name__}({new}=...)",
+                                  DeprecationWarning, stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -49,10 +49,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._results import KeyedResult
 from .._validation import check_interval, check_positive_int, fail
+from ..calibration.text import model_tokenizer_text
 from ..models.blocks import find_blocks
 from ..calibration.runner import SequentialRunner, output_tensor
-from .sites import SITE_KINDS, Site, find_sites
+from .sites import SITE_KINDS, Site, find_sites, parse_kinds
 
 __all__ = ["SiteStats", "ActivationStats", "activation_stats", "site_stats", "float_histogram",
            "split_histogram", "histogram_edges", "histogram_quantile", "histogram_cdf",
@@ -312,7 +314,7 @@ class SiteStats:
 
 
 @dataclass(frozen=True, eq=False)
-class ActivationStats(Mapping):
+class ActivationStats(KeyedResult):
     """Activation statistics keyed by site name (``stats["model.layers.3.silu_gate"]``).
 
     A read-only mapping ``{site name: SiteStats}`` in model order.
@@ -333,16 +335,56 @@ class ActivationStats(Mapping):
 
     def __post_init__(self):
         object.__setattr__(self, "sites", MappingProxyType(dict(self.sites)))
-        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        self._init_result(self.sites, self.settings)
 
-    def __getitem__(self, name: str) -> SiteStats:
-        return self.sites[name]
+    # -- JSON --------------------------------------------------------------------------------
+    def to_json(self, path=None, *, indent: Optional[int] = 2, sample: bool = False) -> str:
+        """Serialise to JSON (histograms sparse, as ``{cell: count}``); ``sample=True`` also
+        writes the sampled token vectors (large: ``reservoir × width`` floats per site), which
+        otherwise come back empty (shape ``(0, width)``) from :meth:`from_json`."""
+        from .._validation import check_bool
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.sites)
+        keep = check_bool(sample, name="sample", func="ActivationStats.to_json")
+        return self._write_json(self._to_payload(keep), path, indent)
 
-    def __len__(self) -> int:
-        return len(self.sites)
+    def _to_payload(self, sample: bool = False) -> Any:
+        from dataclasses import asdict
+
+        def sparse(counts):
+            nz = np.flatnonzero(counts)
+            return {str(int(i)): int(counts[i]) for i in nz}
+
+        return {"token_index": self.token_index.tolist(), "sites": [
+            {"site": asdict(st.site), "count": st.count, "zeros": st.zeros,
+             "pos_counts": sparse(st.pos_counts), "neg_counts": sparse(st.neg_counts),
+             "size": int(st.pos_counts.size), "pos_max": st.pos_max, "neg_max": st.neg_max,
+             "sum_abs": st.sum_abs, "m": st.m, "non_finite": st.non_finite,
+             "sample": st.sample.tolist() if sample else None}
+            for st in self.sites.values()]}
+
+    @classmethod
+    def _from_payload(cls, data: Any, settings: Mapping) -> "ActivationStats":
+        def dense(counts, size):
+            out = np.zeros(size, dtype=np.int64)
+            for i, c in counts.items():
+                out[int(i)] = c
+            return out
+
+        sites = {}
+        for e in data["sites"]:
+            site = Site(**e["site"])
+            sample = torch.tensor(e["sample"], dtype=torch.float32) if e["sample"] is not None \
+                else torch.empty(0, site.width, dtype=torch.float32)
+            nan = float("nan")
+            sites[site.name] = SiteStats(
+                site=site, count=e["count"], zeros=e["zeros"],
+                pos_counts=dense(e["pos_counts"], e["size"]),
+                neg_counts=dense(e["neg_counts"], e["size"]),
+                pos_max=nan if e["pos_max"] is None else e["pos_max"],
+                neg_max=nan if e["neg_max"] is None else e["neg_max"],
+                sum_abs=e["sum_abs"], sample=sample, m=e["m"], non_finite=e["non_finite"])
+        index = torch.tensor(data["token_index"], dtype=torch.long).reshape(-1, 2)
+        return cls(sites, index, dict(settings))
 
     def __repr__(self) -> str:
         kinds = sorted({s.site.kind for s in self.sites.values()}, key=SITE_KINDS.index)
@@ -380,18 +422,35 @@ class ActivationStats(Mapping):
             rows.append(row)
         return pd.DataFrame(rows).set_index("site")
 
-    def plot(self, s: float = 0.5, *, kinds=None, ax=None):
+    def plot(self, ax=None, *, s: float = 0.5, sites=None, kinds=None):
         """The ``|x|`` threshold for sparsity ``s`` by block, one line per site kind.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+        s : float, default 0.5
+        sites : str or sequence of str, optional
+            Site kinds to draw (default: all). ``kinds`` is its deprecated spelling.
 
         Returns
         -------
         matplotlib.axes.Axes
         """
-        if ax is None:
-            import matplotlib.pyplot as plt
+        import warnings
 
-            _, ax = plt.subplots()
-        chosen = SITE_KINDS if kinds is None else kinds
+        if ax is not None and not hasattr(ax, "plot"):  # the earlier plot(s, *, kinds, ax)
+            warnings.warn("ActivationStats.plot(s) is now plot(ax=None, *, s=...)",
+                          DeprecationWarning, stacklevel=2)
+            ax, s = None, ax
+        if kinds is not None:
+            warnings.warn("ActivationStats.plot(kinds=...) is now plot(sites=...)",
+                          DeprecationWarning, stacklevel=2)
+            sites = kinds
+        from ..plotting.axes import new_axes
+
+        ax = new_axes(ax)
+        chosen = SITE_KINDS if sites is None else parse_kinds(sites, func="ActivationStats.plot",
+                                                                name="sites")
         for kind in chosen:
             sites = self.of_kind(kind)
             if not sites:
@@ -614,7 +673,8 @@ def _resolve_sites(model: nn.Module, sites, func: str) -> dict[str, Site]:
     return chosen
 
 
-def activation_stats(model: nn.Module, calibration, *, tokenizer=None, sites=None,
+@model_tokenizer_text(old=("calibration",), new=("calibration",))
+def activation_stats(model: nn.Module, tokenizer, calibration, *, sites=None,
                      nsamples: int = 32, seqlen: Optional[int] = None, seed: int = 0,
                      bins: int = 4096, reservoir: int = 4096, device=None,
                      progress: bool = False) -> ActivationStats:
@@ -624,11 +684,11 @@ def activation_stats(model: nn.Module, calibration, *, tokenizer=None, sites=Non
     ----------
     model : torch.nn.Module
         A Hugging Face transformer; left unchanged (run in ``eval`` mode, no gradients).
-    calibration : str, os.PathLike, list of str, torch.Tensor or CalibrationSet
-        As for :func:`~specmetrics.pruning.load_calibration`: ``nsamples`` windows of ``seqlen``
-        tokens drawn with ``seed``.
-    tokenizer : callable, optional
-        Required for text.
+    tokenizer : callable or None
+        Required for text (``None`` for token ids).
+    calibration : str, pathlib.Path, list of str, torch.Tensor or CalibrationSet
+        By the one text rule, as for :func:`~specmetrics.calibration.load_calibration`:
+        ``nsamples`` windows of ``seqlen`` tokens drawn with ``seed``.
     sites : None, str, sequence of str or mapping of str to Site
         Site kinds (``"silu_gate"``, ``["qkv", "o"]``), site names, or the output of
         :func:`~specmetrics.activations.find_sites`; ``None``: every site.
@@ -653,7 +713,7 @@ def activation_stats(model: nn.Module, calibration, *, tokenizer=None, sites=Non
 
     Examples
     --------
-    >>> stats = activation_stats(model, "valid.txt", tokenizer=tok)  # doctest: +SKIP
+    >>> stats = activation_stats(model, tok, Path("valid.txt"))  # doctest: +SKIP
     >>> stats["model.layers.3.silu_gate"].abs_quantile(0.5)  # doctest: +SKIP
     """
     from ..calibration.windows import calibration_set

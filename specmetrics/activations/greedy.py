@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .._validation import check_interval, check_positive_int, fail
+from ..calibration.text import model_tokenizer_text
 from ..models.blocks import block_device, find_blocks, weight_out_in
 from ..calibration.runner import capture_block_inputs, move_to, output_tensor
 from .capture import ActivationStats
@@ -433,8 +434,9 @@ class _BlockError:
         return float((out.float() - self.reference.float()).pow(2).sum()) / self.scale
 
 
-def teal_greedy_search(model: nn.Module, stats: ActivationStats, calibration, *,
-                       max_target: float, tokenizer=None, step: float = 0.05,
+@model_tokenizer_text(old=("stats", "calibration"), new=("calibration", "stats"))
+def teal_greedy_search(model: nn.Module, tokenizer, calibration, stats: ActivationStats, *,
+                       max_target: float, step: float = 0.05,
                        max_sparsity: float = 0.99, nsamples: int = 4,
                        seqlen: Optional[int] = None, seed: int = 0, device=None,
                        progress: bool = False) -> GreedySearch:
@@ -451,15 +453,16 @@ def teal_greedy_search(model: nn.Module, stats: ActivationStats, calibration, *,
     ----------
     model : nn.Module
         A Hugging Face decoder; left unchanged.
+    tokenizer : callable or None
+        Required for text.
+    calibration : str, pathlib.Path, list of str, torch.Tensor or CalibrationSet
+        Text or token ids for the block inputs (the one text rule, as
+        :func:`~specmetrics.calibration.load_calibration`); usually the text ``stats`` was
+        computed on.
     stats : ActivationStats
         Calibration statistics holding the ``qkv``, ``o``, ``gate_up`` and ``down`` sites.
-    calibration : str, os.PathLike, list of str, torch.Tensor or CalibrationSet
-        Text or token ids for the block inputs (as :func:`~specmetrics.pruning.load_calibration`);
-        usually the text ``stats`` was computed on.
     max_target : float
         Block budget in [0, 1] the paths are grown to.
-    tokenizer : callable, optional
-        Required for text.
     step : float, default 0.05
         Greedy step (see :func:`greedy_path`); with LLaMA's shapes the smallest projection is
         ``o``, so this is TEAL's ``base_step_size`` (its unit is ``q``, the same size).
@@ -548,8 +551,10 @@ def teal_greedy_search(model: nn.Module, stats: ActivationStats, calibration, *,
     return GreedySearch(paths=paths, sites=sites, settings=settings)
 
 
-def teal_greedy_targets(model: nn.Module, stats: ActivationStats, target: float, calibration,
-                        *, tokenizer=None, step: float = 0.05, max_sparsity: float = 0.99,
+@model_tokenizer_text(old=("stats", "target", "calibration"),
+                      new=("calibration", "stats", "target"))
+def teal_greedy_targets(model: nn.Module, tokenizer, calibration, stats: ActivationStats,
+                        target: float, *, step: float = 0.05, max_sparsity: float = 0.99,
                         nsamples: int = 4, seqlen: Optional[int] = None, seed: int = 0,
                         device=None, progress: bool = False) -> dict[str, float]:
     """Per-site TEAL sparsities from the greedy search, every block spending budget ``target``.
@@ -564,14 +569,14 @@ def teal_greedy_targets(model: nn.Module, stats: ActivationStats, target: float,
 
     Examples
     --------
-    >>> targets = teal_greedy_targets(model, stats, 0.5, "valid.txt",
-    ...                               tokenizer=tok)                           # doctest: +SKIP
-    >>> thresholds = sequential_thresholds(model, "valid.txt", targets,
-    ...                                    tokenizer=tok)                      # doctest: +SKIP
+    >>> targets = teal_greedy_targets(model, tok, Path("valid.txt"), stats,
+    ...                               0.5)                                     # doctest: +SKIP
+    >>> thresholds = sequential_thresholds(model, tok, Path("valid.txt"),
+    ...                                    targets)                            # doctest: +SKIP
     """
     target = check_interval(target, 0.0, 1.0, name="target", func="teal_greedy_targets",
                             closed="both")
-    search = teal_greedy_search(model, stats, calibration, max_target=target, tokenizer=tokenizer,
+    search = teal_greedy_search(model, tokenizer, calibration, stats, max_target=target,
                                 step=step, max_sparsity=max_sparsity, nsamples=nsamples,
                                 seqlen=seqlen, seed=seed, device=device, progress=progress)
     return search.targets(target)

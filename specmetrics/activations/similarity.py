@@ -12,7 +12,7 @@ Two measures, both on the same token sample of the layer-sequential capture
 :func:`lookahead_predictability`
     How well the residual stream *entering* block ``l`` predicts which channels are active in
     block ``l + 1``'s MLP. The predictor is parameter-free ("skip one block"): block ``l + 1``'s
-    own MLP front end (its pre-MLP norm, then, for ``kind="silu_gate"``, its gate projection and
+    own MLP front end (its pre-MLP norm, then, for ``sites="silu_gate"``, its gate projection and
     activation) applied to block ``l``'s input residual ``r_l`` instead of to its real MLP input.
     The truth is the active set in the real forward pass. For each sampled token the active set
     is the top ``top_frac`` channels by ``|x|`` (or, with ``target``, the channels a magnitude
@@ -34,12 +34,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_interval, check_positive_int, fail
+from .._validation import (check_choice, check_interval, check_positive_int, fail,
+                           renamed_keywords)
+from .._results import KeyedResult
+from ..calibration.text import model_tokenizer_text
 from ..models.blocks import find_blocks
 from .capture import _SiteAccumulator, run_sites, sample_token_index
 from .sites import find_sites, mlp_gate_and_activation
@@ -104,8 +107,10 @@ def mask_recall_precision(truth: torch.Tensor, predicted: torch.Tensor) -> tuple
 # results
 
 @dataclass(frozen=True, eq=False)
-class SimilarityResult:
+class SimilarityResult(KeyedResult):
     """Mean cosine similarity of the residual stream between blocks ``l`` and ``l + k``.
+
+    A read-only mapping ``{block name: {k: mean cosine}}`` in model order.
 
     Attributes
     ----------
@@ -129,8 +134,24 @@ class SimilarityResult:
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(self.blocks))
         object.__setattr__(self, "cosine", MappingProxyType(
-            {b: MappingProxyType(dict(v)) for b, v in self.cosine.items()}))
-        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+            {b: MappingProxyType({int(k): float(c) for k, c in v.items()})
+             for b, v in self.cosine.items()}))
+        self._init_result({b: self.cosine.get(b, MappingProxyType({})) for b in self.blocks},
+                          self.settings)
+
+    def __repr__(self) -> str:
+        return f"SimilarityResult(n_blocks={len(self.blocks)}, max_k={self.max_k})"
+
+    def _to_payload(self) -> Any:
+        return {"blocks": list(self.blocks), "max_k": self.max_k, "n_tokens": self.n_tokens,
+                "cosine": {b: {str(k): c for k, c in v.items()} for b, v in self.cosine.items()}}
+
+    @classmethod
+    def _from_payload(cls, data: Any, settings: Mapping) -> "SimilarityResult":
+        cosine = {b: {int(k): (math.nan if c is None else c) for k, c in v.items()}
+                  for b, v in data["cosine"].items()}
+        return cls(blocks=tuple(data["blocks"]), cosine=cosine, max_k=data["max_k"],
+                   n_tokens=data["n_tokens"], settings=dict(settings))
 
     def by_k(self) -> dict[int, float]:
         """Mean over blocks of the similarity at each distance ``k``."""
@@ -155,10 +176,9 @@ class SimilarityResult:
 
     def plot(self, ax=None):
         """Similarity by layer, one line per ``k``. Returns the matplotlib Axes."""
-        if ax is None:
-            import matplotlib.pyplot as plt
+        from ..plotting.axes import new_axes
 
-            _, ax = plt.subplots()
+        ax = new_axes(ax)
         frame = self.to_frame()
         for k in range(1, self.max_k + 1):
             ax.plot(frame["layer"], frame[f"k{k}"], marker="o", label=f"k = {k}")
@@ -201,7 +221,7 @@ class LookaheadLayer:
 
 
 @dataclass(frozen=True, eq=False)
-class LookaheadResult(Mapping):
+class LookaheadResult(KeyedResult):
     """Lookahead recall keyed by predicted block name (``res["model.layers.3"]`` = recall).
 
     Attributes
@@ -227,16 +247,24 @@ class LookaheadResult(Mapping):
 
     def __post_init__(self):
         object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
-        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        self._init_result({b: v.recall for b, v in self.layers.items()}, self.settings)
 
-    def __getitem__(self, block: str) -> float:
-        return self.layers[block].recall
+    def _to_payload(self) -> Any:
+        from dataclasses import asdict
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.layers)
+        return {"layers": [asdict(v) for v in self.layers.values()], "kind": self.kind,
+                "top_frac": self.top_frac, "target": self.target, "predictor": self.predictor,
+                "n_tokens": self.n_tokens}
 
-    def __len__(self) -> int:
-        return len(self.layers)
+    @classmethod
+    def _from_payload(cls, data: Any, settings: Mapping) -> "LookaheadResult":
+        layers = {}
+        for row in data["layers"]:
+            row = {k: (math.nan if v is None else v) for k, v in row.items()}
+            layers[row["block"]] = LookaheadLayer(**row)
+        return cls(layers=layers, kind=data["kind"], top_frac=data["top_frac"],
+                   target=data["target"], predictor=data["predictor"],
+                   n_tokens=data["n_tokens"], settings=dict(settings))
 
     def __repr__(self) -> str:
         mode = f"top_frac={self.top_frac}" if self.top_frac is not None else \
@@ -259,10 +287,9 @@ class LookaheadResult(Mapping):
 
     def plot(self, ax=None):
         """Recall by predicted layer (lookahead, own input, chance). Returns the Axes."""
-        if ax is None:
-            import matplotlib.pyplot as plt
+        from ..plotting.axes import new_axes
 
-            _, ax = plt.subplots()
+        ax = new_axes(ax)
         frame = self.to_frame()
         ax.plot(frame["layer"], frame["recall"], "-o", label="from block l's input (lookahead)")
         ax.plot(frame["layer"], frame["recall_own_input"], "--s",
@@ -284,7 +311,7 @@ def _sample_pass(model, calibration, *, kinds, tokenizer, nsamples, seqlen, seed
     from ..calibration.windows import calibration_set
 
     check_positive_int(max_tokens, name="max_tokens", func=func)
-    sites = find_sites(model, kinds=kinds, func=func)
+    sites = find_sites(model, sites=kinds, func=func)
     calib = calibration_set(model, calibration, tokenizer=tokenizer, nsamples=nsamples,
                              seqlen=seqlen, seed=seed, func=func)
     token_index = sample_token_index(calib.nsamples, calib.seqlen, max_tokens, seed)
@@ -296,7 +323,8 @@ def _sample_pass(model, calibration, *, kinds, tokenizer, nsamples, seqlen, seed
     return sites, accs, token_index, calib
 
 
-def residual_similarity(model: nn.Module, calibration, *, tokenizer=None, max_k: int = 4,
+@model_tokenizer_text(old=("calibration",), new=("calibration",))
+def residual_similarity(model: nn.Module, tokenizer, calibration, *, max_k: int = 4,
                         nsamples: int = 32, seqlen: Optional[int] = None, seed: int = 0,
                         max_tokens: int = 4096, device=None,
                         progress: bool = False) -> SimilarityResult:
@@ -376,8 +404,10 @@ def _param_device_dtype(module: nn.Module, fallback: torch.Tensor):
 
 
 @torch.no_grad()
-def lookahead_predictability(model: nn.Module, calibration, *, tokenizer=None,
-                             kind: str = "silu_gate", top_frac: Optional[float] = 0.1,
+@model_tokenizer_text(old=("calibration",), new=("calibration",))
+@renamed_keywords(kind="sites")
+def lookahead_predictability(model: nn.Module, tokenizer, calibration, *,
+                             sites: str = "silu_gate", top_frac: Optional[float] = 0.1,
                              target: Optional[float] = None, nsamples: int = 32,
                              seqlen: Optional[int] = None, seed: int = 0, max_tokens: int = 4096,
                              device=None, progress: bool = False) -> LookaheadResult:
@@ -389,7 +419,7 @@ def lookahead_predictability(model: nn.Module, calibration, *, tokenizer=None,
         Left unchanged.
     calibration, tokenizer, nsamples, seqlen, seed, max_tokens, device, progress
         As for :func:`residual_similarity`.
-    kind : {"silu_gate", "gate_up"}, default "silu_gate"
+    sites : {"silu_gate", "gate_up"}, default "silu_gate"
         ``"silu_gate"``: channels of ``act(gate(x))`` (the MLP's intermediate activation, the
         CATS/DejaVu neurons); ``"gate_up"``: channels of the normalised MLP input (TEAL's gate/up
         input sparsity).
@@ -414,7 +444,7 @@ def lookahead_predictability(model: nn.Module, calibration, *, tokenizer=None,
     ``l + 1``'s attention leave the residual stream unchanged.
     """
     func = "lookahead_predictability"
-    check_choice(kind, ("silu_gate", "gate_up"), name="kind", func=func)
+    kind = check_choice(sites, ("silu_gate", "gate_up"), name="sites", func=func)
     if target is not None:
         target = check_interval(target, 0.0, 1.0, name="target", func=func)
         top_frac = None
@@ -426,7 +456,7 @@ def lookahead_predictability(model: nn.Module, calibration, *, tokenizer=None,
     layout = find_blocks(model, func=func)
     if len(layout) < 2:
         raise fail("model", func, "a model with at least two blocks", len(layout))
-    gate_up_sites = find_sites(model, kinds="gate_up", func=func)
+    gate_up_sites = find_sites(model, sites="gate_up", func=func)
     gate_up_module = {s.block: s.module for s in gate_up_sites.values()}
     residual_in: dict[int, torch.Tensor] = {}
     norms: dict[int, dict] = {}

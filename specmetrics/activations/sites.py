@@ -34,7 +34,7 @@ from typing import Iterable, Optional
 
 from torch import nn
 
-from .._validation import fail
+from .._validation import fail, renamed_keywords
 from ..models.naming import module_type
 from ..models.blocks import BlockLayout, PrunableModule, find_blocks
 
@@ -193,7 +193,8 @@ def _block_sites(model: nn.Module, layout: BlockLayout, index: int) -> list[Site
     return out
 
 
-def find_sites(model: nn.Module, *, kinds=None, func: str = "find_sites") -> dict[str, Site]:
+@renamed_keywords(kinds="sites")
+def find_sites(model: nn.Module, *, sites=None, func: str = "find_sites") -> dict[str, Site]:
     """The activation sites of every block of a model.
 
     Parameters
@@ -203,8 +204,9 @@ def find_sites(model: nn.Module, *, kinds=None, func: str = "find_sites") -> dic
         BERT, ...): its blocks are found by :func:`~specmetrics.pruning.blocks.find_blocks`, and
         the q/k/v/o/gate/up/down modules by their names
         (:func:`~specmetrics.models.module_type`).
-    kinds : None, str or sequence of str
-        Site kinds to return (see :data:`SITE_KINDS`); ``None``: all of them.
+    sites : None, str or sequence of str
+        Site kinds to return (see :data:`SITE_KINDS`; ``"qkv,o"`` or a list); ``None``: all of
+        them. (``kinds`` is the deprecated spelling.)
     func : str
         Function named in error messages.
 
@@ -224,21 +226,21 @@ def find_sites(model: nn.Module, *, kinds=None, func: str = "find_sites") -> dic
     >>> import transformers
     >>> cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
     ...                                num_attention_heads=4, vocab_size=128)
-    >>> sites = find_sites(transformers.LlamaForCausalLM(cfg), kinds="silu_gate")
+    >>> sites = find_sites(transformers.LlamaForCausalLM(cfg), sites="silu_gate")
     >>> sites["model.layers.1.silu_gate"].module, sites["model.layers.1.silu_gate"].width
     ('model.layers.1.mlp.act_fn', 128)
     """
-    wanted = parse_kinds(kinds, func=func)
+    wanted = parse_kinds(sites, func=func, name="sites")
     layout = find_blocks(model, func=func)
-    sites: dict[str, Site] = {}
+    found: dict[str, Site] = {}
     for index in range(len(layout)):
         for site in _block_sites(model, layout, index):
             if site.kind in wanted:
-                sites[site.name] = site
-    # kinds=None: whatever the model has; named kinds: each must be found somewhere
-    missing = [] if kinds is None else [k for k in wanted
-                                        if not any(s.kind == k for s in sites.values())]
-    if missing or not sites:
+                found[site.name] = site
+    # sites=None: whatever the model has; named kinds: each must be found somewhere
+    missing = [] if sites is None else [k for k in wanted
+                                        if not any(s.kind == k for s in found.values())]
+    if missing or not found:
         raise fail("model", func, f"a model with {'/'.join(missing or wanted)} sites in its "
                    "blocks (none recognised)", type(model).__name__)
-    return sites
+    return found

@@ -19,15 +19,16 @@ printed that share (see ``docs/activations.rst``).
 """
 from __future__ import annotations
 
-from .._validation import check_interval, fail
+from .._validation import check_choice, check_interval, fail, renamed_keywords
 from .capture import ActivationStats
 from .sites import SITE_KINDS
 
 __all__ = ["threshold_table", "plot_threshold_table"]
 
 
+@renamed_keywords(kind="sites")
 def threshold_table(stats_fit: ActivationStats, stats_heldout: ActivationStats, target: float,
-                    *, kind: str = "silu_gate"):
+                    *, sites: str = "silu_gate"):
     """Per-layer thresholds fitted on one set of tokens and the sparsity realised on another.
 
     Parameters
@@ -38,8 +39,9 @@ def threshold_table(stats_fit: ActivationStats, stats_heldout: ActivationStats, 
         Statistics of held-out tokens (same model, same sites).
     target : float
         Target sparsity in [0, 1].
-    kind : str, default "silu_gate"
-        The site kind tabulated (one of :data:`~specmetrics.activations.sites.SITE_KINDS`).
+    sites : str, default "silu_gate"
+        The site kind tabulated (one of :data:`~specmetrics.activations.sites.SITE_KINDS`;
+        ``kind`` is the deprecated spelling).
 
     Returns
     -------
@@ -58,8 +60,7 @@ def threshold_table(stats_fit: ActivationStats, stats_heldout: ActivationStats, 
         if not isinstance(value, ActivationStats):
             raise fail(name, func, "an ActivationStats", type(value).__name__)
     target = check_interval(target, 0.0, 1.0, name="target", func=func, closed="both")
-    if kind not in SITE_KINDS:
-        raise fail("kind", func, f"one of {SITE_KINDS}", kind)
+    kind = check_choice(sites, SITE_KINDS, name="sites", func=func)
     fit = stats_fit.of_kind(kind)
     if not fit:
         raise fail("stats_fit", func, f"statistics holding {kind!r} sites", list(stats_fit)[:3])

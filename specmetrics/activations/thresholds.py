@@ -24,18 +24,17 @@ histograms of :func:`~specmetrics.activations.activation_stats`.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 
+from .._results import KeyedResult
 from .._validation import check_choice, check_interval, fail
 from .capture import ActivationStats
 from .sites import CATS_KINDS, TEAL_KINDS, Site
@@ -46,8 +45,6 @@ __all__ = ["abs_threshold", "pos_threshold", "neg_threshold", "teal_signed_thres
 #: threshold styles and the site kinds they threshold
 STYLES: dict[str, tuple[str, ...]] = {"teal": TEAL_KINDS, "cats": CATS_KINDS}
 
-_FORMAT = "specmetrics.ActivationThresholds"
-_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,7 +172,7 @@ def fraction_at_or_below(x, t: float) -> float:
 # the result
 
 @dataclass(frozen=True, eq=False)
-class ActivationThresholds(Mapping):
+class ActivationThresholds(KeyedResult):
     """Per-site magnitude thresholds, keyed by site name (``thr["model.layers.3.qkv"]``).
 
     A read-only mapping ``{site name: t}``: activations with ``|x| <= t`` are to be zeroed.
@@ -199,6 +196,8 @@ class ActivationThresholds(Mapping):
     sites: Mapping[str, Site] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
 
+    _json_version = 2
+
     def __post_init__(self):
         thresholds = {str(k): float(v) for k, v in self.thresholds.items()}
         targets = {str(k): float(v) for k, v in self.targets.items()}
@@ -208,16 +207,7 @@ class ActivationThresholds(Mapping):
         object.__setattr__(self, "thresholds", MappingProxyType(thresholds))
         object.__setattr__(self, "targets", MappingProxyType(targets))
         object.__setattr__(self, "sites", MappingProxyType(dict(self.sites)))
-        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
-
-    def __getitem__(self, name: str) -> float:
-        return self.thresholds[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.thresholds)
-
-    def __len__(self) -> int:
-        return len(self.thresholds)
+        self._init_result(thresholds, self.settings)
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, ActivationThresholds):
@@ -249,50 +239,58 @@ class ActivationThresholds(Mapping):
                          "target": self.targets[name], "threshold": t})
         return pd.DataFrame(rows).set_index("site")
 
-    def to_json(self, path: Union[str, os.PathLike, None] = None, *,
-                indent: Optional[int] = 2) -> str:
-        """Serialise to JSON; also write it to ``path`` if given. Reload with :meth:`from_json`."""
-        doc = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "style": self.style,
-            "settings": dict(self.settings),
-            "sites": [
-                {"name": name, "target": self.targets[name], "threshold": t,
-                 "site": asdict(self.sites[name]) if name in self.sites else None}
-                for name, t in self.thresholds.items()
-            ],
-        }
-        text = json.dumps(doc, indent=indent)
-        if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
+    def plot(self, ax=None):
+        """The threshold by block, one line per site kind (log scale).
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from ..plotting.axes import new_axes
+
+        ax = new_axes(ax)
+        by_kind: dict[str, list] = {}
+        for name, t in self.thresholds.items():
+            site = self.sites.get(name)
+            if site is not None:
+                by_kind.setdefault(site.kind, []).append((site.block, t))
+        for kind, points in by_kind.items():
+            points.sort()
+            ax.plot([b for b, _ in points], [t for _, t in points], marker="o", label=kind)
+        ax.set_xlabel("block")
+        ax.set_ylabel("|x| threshold")
+        if any(t > 0 for t in self.thresholds.values()):
+            ax.set_yscale("log")
+        ax.legend(fontsize="small")
+        ax.set_title(f"{self.style} thresholds")
+        return ax
+
+    # -- JSON --------------------------------------------------------------------------------
+    def _to_payload(self) -> Any:
+        return {"style": self.style, "sites": [
+            {"name": name, "target": self.targets[name], "threshold": t,
+             "site": asdict(self.sites[name]) if name in self.sites else None}
+            for name, t in self.thresholds.items()]}
+
+    @classmethod
+    def _from_payload(cls, data: Any, settings: Mapping) -> "ActivationThresholds":
+        entries = data.get("sites", [])
+        return cls(thresholds={e["name"]: e["threshold"] for e in entries},
+                   targets={e["name"]: e["target"] for e in entries}, style=data["style"],
+                   sites={e["name"]: Site(**e["site"]) for e in entries if e.get("site")},
+                   settings=dict(settings))
 
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "ActivationThresholds":
-        """Rebuild from :meth:`to_json` output: a JSON text or the path of a file holding it."""
-        func = "ActivationThresholds.from_json"
-        if isinstance(source, os.PathLike) or (isinstance(source, str)
-                                               and not source.lstrip().startswith("{")):
-            path = Path(source)
-            if not path.is_file():
-                raise fail("source", func, "a JSON text or the path of an existing file",
-                           str(source))
-            source = path.read_text(encoding="utf-8")
-        if not isinstance(source, str):
-            raise fail("source", func, "a JSON text or a path", type(source).__name__)
-        try:
-            doc = json.loads(source)
-        except json.JSONDecodeError as err:
-            raise fail("source", func, f"valid JSON ({err})", source[:40]) from None
-        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-            raise fail("source", func, f"a document written by ActivationThresholds.to_json "
-                       f"(format {_FORMAT!r})", str(doc)[:60])
-        entries = doc.get("sites", [])
-        return cls(thresholds={e["name"]: e["threshold"] for e in entries},
-                   targets={e["name"]: e["target"] for e in entries}, style=doc["style"],
-                   sites={e["name"]: Site(**e["site"]) for e in entries if e.get("site")},
-                   settings=doc.get("settings", {}))
+        """Rebuild from :meth:`to_json` output (this version's or the earlier layout): a JSON
+        text or the path of a file holding it."""
+        from .._results import read_json_source
+
+        doc = read_json_source(source, func="ActivationThresholds.from_json")
+        if isinstance(doc, dict) and doc.get("format") == cls._json_format() \
+                and doc.get("version") == 1:
+            return cls._from_payload(doc, doc.get("settings", {}))
+        return super().from_json(source)
 
 
 def activation_thresholds(stats: ActivationStats, target, *, style: str = "teal",

@@ -17,6 +17,7 @@ import torch
 from .._validation import check_bool, check_device, check_interval, fail
 from ..calibration.runner import SequentialRunner
 from ..calibration.stats import SquaredNormStats, input_weighted_magnitude
+from ..calibration.text import model_tokenizer_text
 from ..calibration.windows import calibration_set
 from ..models.blocks import find_blocks, weight_out_in
 from .mapping import outlier_ratio
@@ -165,7 +166,8 @@ def _dense_sq_norm_pass(model, calibration, *, tokenizer, nsamples, seqlen, seed
     return layout
 
 
-def calibration_input_norms(model, calibration, *, tokenizer=None, nsamples=None, seqlen=None,
+@model_tokenizer_text(old=("calibration",), new=("calibration",))
+def calibration_input_norms(model, tokenizer, calibration, *, nsamples=None, seqlen=None,
                             seed=0, device=None, progress=False) -> dict[str, torch.Tensor]:
     """Wanda's input statistic of every prunable matrix of the dense model.
 
@@ -177,8 +179,8 @@ def calibration_input_norms(model, calibration, *, tokenizer=None, nsamples=None
     ----------
     model : torch.nn.Module
         Left unchanged.
-    calibration, tokenizer, nsamples, seqlen, seed, device, progress
-        As for :func:`prune`.
+    tokenizer, calibration, nsamples, seqlen, seed, device, progress
+        As for :func:`~specmetrics.prune` (``tokenizer`` ``None`` for token ids).
 
     Returns
     -------
@@ -198,7 +200,8 @@ def calibration_input_norms(model, calibration, *, tokenizer=None, nsamples=None
     return out
 
 
-def owl_outlier_ratios(model, calibration, *, tokenizer=None, m=5.0, nsamples=None, seqlen=None,
+@model_tokenizer_text(old=("calibration",), new=("calibration",))
+def owl_outlier_ratios(model, tokenizer, calibration, *, m=5.0, nsamples=None, seqlen=None,
                        seed=0, device=None, progress=False) -> dict[str, float]:
     """OWL's layer-wise outlier ratio of each block of the dense model.
 
@@ -210,8 +213,8 @@ def owl_outlier_ratios(model, calibration, *, tokenizer=None, m=5.0, nsamples=No
     ----------
     model : torch.nn.Module
         Left unchanged.
-    calibration, tokenizer, nsamples, seqlen, seed, device, progress
-        As for :func:`prune`.
+    tokenizer, calibration, nsamples, seqlen, seed, device, progress
+        As for :func:`~specmetrics.prune` (``tokenizer`` ``None`` for token ids).
     m : float, default 5.0
         Outlier threshold multiple ``M`` (> 0).
 

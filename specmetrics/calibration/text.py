@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 from .._validation import fail
 
 __all__ = ["TextLike", "read_text", "read_texts", "split_paragraphs", "tokenize",
-           "is_hf_tokenizer", "check_token_ids"]
+           "is_hf_tokenizer", "check_token_ids", "model_tokenizer_text"]
 
 TextLike = Union[str, "os.PathLike[str]", Sequence[str]]
 
@@ -180,3 +180,51 @@ def check_token_ids(ids, vocab_size: Optional[int], *, func: str, name: str) -> 
     if lo < 0 or hi >= vocab_size:
         raise fail(name, func, f"token ids in [0, {vocab_size}) (the model's vocabulary)",
                    f"ids in [{lo}, {hi}]")
+
+
+def _text_like(value: Any) -> bool:
+    """What a text argument can be (and a tokenizer never is)."""
+    import torch
+
+    return isinstance(value, (str, os.PathLike, list, tuple, torch.Tensor)) or \
+        type(value).__name__ in ("CalibrationSet", "ActivationStats")
+
+
+def model_tokenizer_text(*, old: tuple, new: tuple):
+    """Decorator of functions whose signature is ``f(model, tokenizer, <new...>, *, ...)``:
+    the earlier order ``f(model, <old...>, tokenizer=...)`` still works, with a
+    DeprecationWarning.
+
+    The earlier call is recognised by its second positional argument being text-like (a
+    ``str``, a path, a list, a tensor, a ``CalibrationSet`` or ``ActivationStats``): a tokenizer
+    is none of those. ``old`` and ``new`` name the positional parameters after ``model`` in the
+    earlier and the present order (the present one without ``tokenizer``).
+    """
+    import functools
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(model, *args, **kwargs):
+            if args and _text_like(args[0]):
+                warnings.warn(
+                    f"{fn.__name__}(model, {', '.join(old)}, tokenizer=...) is now "
+                    f"{fn.__name__}(model, tokenizer, {', '.join(new)}, ...): the tokenizer comes "
+                    "right after the model, before the text", DeprecationWarning, stacklevel=2)
+                tokenizer = kwargs.pop("tokenizer", None)
+                given = dict(zip(old, args))
+                rest = args[len(old):]
+                for name in new:
+                    if name not in given and name in kwargs:
+                        given[name] = kwargs.pop(name)
+                ordered = []
+                for name in new:
+                    if name not in given:
+                        break
+                    ordered.append(given.pop(name))
+                kwargs.update(given)
+                args = (tokenizer, *ordered, *rest)
+            return fn(model, *args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
+from .._results import KeyedResult, jsonable
 from .._validation import check_positive_int, fail
 
 __all__ = ["DEFAULT_TASKS", "TaskScore", "ZeroShotResult", "zero_shot"]
@@ -64,8 +65,11 @@ class TaskScore:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
 
 
+_SCORE_FLOATS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class ZeroShotResult(Mapping):
+class ZeroShotResult(KeyedResult):
     """Read-only mapping ``task name -> TaskScore`` from :func:`zero_shot`.
 
     Attributes
@@ -88,15 +92,47 @@ class ZeroShotResult(Mapping):
     def __post_init__(self):
         object.__setattr__(self, "scores", MappingProxyType(dict(self.scores)))
         object.__setattr__(self, "raw", MappingProxyType(dict(self.raw)))
+        self._init_result(self.scores, {"num_fewshot": self.num_fewshot, "limit": self.limit,
+                                        "lm_eval_version": self.lm_eval_version})
 
-    def __getitem__(self, task: str) -> TaskScore:
-        return self.scores[task]
+    def _to_payload(self) -> Any:
+        rows = [{**{f.name: getattr(s, f.name) for f in dataclasses.fields(s)},
+                 "metrics": dict(s.metrics)} for s in self.scores.values()]
+        return {"scores": rows,
+                "raw": jsonable(self.raw)}
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.scores)
+    @classmethod
+    def _from_payload(cls, data: Any, settings: Mapping) -> "ZeroShotResult":
+        scores = {}
+        for row in data["scores"]:
+            row = {k: (_nan(v) if k in _SCORE_FLOATS else v) for k, v in row.items()}
+            scores[row["task"]] = TaskScore(**row)
+        return cls(scores=scores, num_fewshot=settings.get("num_fewshot", 0),
+                   limit=settings.get("limit"),
+                   lm_eval_version=settings.get("lm_eval_version", "unknown"),
+                   raw=data.get("raw") or {})
 
-    def __len__(self) -> int:
-        return len(self.scores)
+    def plot(self, ax=None):
+        """Accuracy per task (``acc_norm`` where the task has it) with standard errors.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from ..plotting.axes import new_axes
+
+        ax = new_axes(ax)
+        names = list(self.scores)
+        values = [s.acc if math.isnan(s.acc_norm) else s.acc_norm for s in self.scores.values()]
+        errors = [s.acc_stderr if math.isnan(s.acc_norm) else s.acc_norm_stderr
+                  for s in self.scores.values()]
+        ax.bar(names, values, yerr=[0 if math.isnan(e) else e for e in errors], color="C0")
+        ax.axhline(self.mean_of("best"), color="0.4", linestyle="--", linewidth=1, label="mean")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", rotation=45)
+        ax.legend(fontsize="small")
+        return ax
 
     def __repr__(self) -> str:
         body = ", ".join(f"{name}={score.acc:.4f}" for name, score in self.scores.items())

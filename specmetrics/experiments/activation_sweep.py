@@ -36,6 +36,7 @@ from typing import Any, Optional, Sequence
 
 from torch import nn
 
+from .._results import KeyedResult
 from .._validation import check_choice, check_interval, check_positive_int, fail
 from ..activations.capture import activation_stats
 from ..activations.greedy import projection_sizes, teal_greedy_search
@@ -88,9 +89,11 @@ class SweepRow:
         return sum(values) / len(values) if values else math.nan
 
 
-@dataclass(frozen=True)
-class SweepResult:
+@dataclass(frozen=True, eq=False)
+class SweepResult(KeyedResult):
     """Perplexity of a model with activation sparsity, per style and target.
+
+    A read-only mapping ``{(style, target): SweepRow}``.
 
     Attributes
     ----------
@@ -108,7 +111,32 @@ class SweepResult:
 
     def __post_init__(self):
         object.__setattr__(self, "rows", tuple(self.rows))
-        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        self._init_result({(r.style, r.target): r for r in self.rows}, self.settings)
+
+    def __repr__(self) -> str:
+        return (f"SweepResult(dense_perplexity={self.dense_perplexity:.4g}, "
+                f"n_points={len(self.rows)})")
+
+    def _to_payload(self) -> Any:
+        return {"dense_perplexity": self.dense_perplexity, "rows": [
+            {"style": r.style, "target": r.target, "perplexity": r.perplexity,
+             "realised": dict(r.realised), "weights_skipped": r.weights_skipped,
+             "thresholds": {"settings": dict(r.thresholds.settings),
+                            "data": r.thresholds._to_payload()}} for r in self.rows]}
+
+    @classmethod
+    def _from_payload(cls, data: Any, settings: Mapping) -> "SweepResult":
+        rows = []
+        for r in data["rows"]:
+            thr = ActivationThresholds._from_payload(r["thresholds"]["data"],
+                                                     r["thresholds"]["settings"])
+            realised = {k: (math.nan if v is None else v) for k, v in r["realised"].items()}
+            rows.append(SweepRow(style=r["style"], target=r["target"],
+                                 perplexity=math.nan if r["perplexity"] is None
+                                 else r["perplexity"], realised=realised,
+                                 weights_skipped=r["weights_skipped"], thresholds=thr))
+        return cls(dense_perplexity=data["dense_perplexity"], rows=tuple(rows),
+                   settings=dict(settings))
 
     def row(self, style: str, target: float) -> SweepRow:
         """The row of one style and target."""
@@ -153,10 +181,9 @@ class SweepResult:
         matplotlib.axes.Axes
         """
         check_choice(x, ("target", "weights_skipped"), name="x", func="SweepResult.plot")
-        if ax is None:
-            import matplotlib.pyplot as plt
+        from ..plotting.axes import new_axes
 
-            _, ax = plt.subplots()
+        ax = new_axes(ax)
         styles = list(dict.fromkeys(r.style for r in self.rows))
         for style in styles:
             rows = [r for r in self.rows if r.style == style]
@@ -296,7 +323,7 @@ def activation_sparsity_sweep(model: nn.Module, tokenizer, calibration, eval_tex
                              seqlen=seqlen, seed=seed, func=func)
     stats = None
     if fit == "dense" or "teal_greedy" in styles:
-        stats = activation_stats(model, calib, sites=sorted(kinds), nsamples=nsamples,
+        stats = activation_stats(model, None, calib, sites=sorted(kinds), nsamples=nsamples,
                                  seqlen=seqlen, seed=seed, device=device, progress=progress)
     eval_ids = tokenize_text(tokenizer, eval_text, func=func)
     n_windows = eval_ids.numel() // seqlen
@@ -309,10 +336,10 @@ def activation_sparsity_sweep(model: nn.Module, tokenizer, calibration, eval_tex
                           progress=progress)
 
     dense = score()
-    params, total = skippable_weights(model, find_sites(model, kinds=sorted(kinds), func=func))
+    params, total = skippable_weights(model, find_sites(model, sites=sorted(kinds), func=func))
     search = None
     if "teal_greedy" in styles:
-        search = teal_greedy_search(model, stats, calib, max_target=max(targets),
+        search = teal_greedy_search(model, None, calib, stats, max_target=max(targets),
                                     step=greedy_step, nsamples=greedy_nsamples, seqlen=seqlen,
                                     seed=seed, device=device, progress=progress)
 
@@ -396,11 +423,11 @@ def activation_report(model: nn.Module, tokenizer, calibration, eval_text, *, ta
     seqlen = default_seqlen(model, func=func) if seqlen is None else check_positive_int(
         seqlen, name="seqlen", func=func, minimum=2)
     kinds = CATS_KINDS if style == "cats" else TEAL_KINDS
-    common = dict(tokenizer=tokenizer, sites=list(kinds), nsamples=nsamples, seqlen=seqlen,
+    common = dict(sites=list(kinds), nsamples=nsamples, seqlen=seqlen,
                   seed=seed, device=device, progress=progress)
-    fitted = activation_stats(model, calibration, **common)
-    held_out = activation_stats(model, eval_text, **common)
-    tables = {kind: threshold_table(fitted, held_out, target, kind=kind) for kind in kinds}
+    fitted = activation_stats(model, tokenizer, calibration, **common)
+    held_out = activation_stats(model, tokenizer, eval_text, **common)
+    tables = {kind: threshold_table(fitted, held_out, target, sites=kind) for kind in kinds}
     table = pd.concat([t.assign(kind=k) for k, t in tables.items()])
     sweep = activation_sparsity_sweep(
         model, tokenizer, calibration, eval_text, targets=(target,), styles=(style,),

@@ -325,7 +325,7 @@ class _Inputs:
             if self.calib is None:
                 raise fail("calibration", self.func, "given for the OWL allocation (its outlier "
                            "scores come from calibration activations)", None)
-            self._norms = calibration_input_norms(self.model, self.calib, device=self.device,
+            self._norms = calibration_input_norms(self.model, None, self.calib, device=self.device,
                                                   progress=self.progress)
         return self._norms
 

@@ -188,7 +188,7 @@ def test_capture_matches_hooks_on_a_plain_forward(arch, one_torch_thread):  # no
     model = build(arch)
     ids = token_windows(3, 16)
     reference_out = model(ids).logits
-    stats = activation_stats(model, ids, nsamples=3, seqlen=16, reservoir=20, seed=3)
+    stats = activation_stats(model, None, ids, nsamples=3, seqlen=16, reservoir=20, seed=3)
     sites = find_sites(model)
     assert list(stats) == list(sites)
     full = _plain_forward_sites(model, ids, sites)
@@ -223,7 +223,7 @@ def test_sample_is_seeded_and_uniform_without_replacement():
 def test_site_selection_and_to_frame(one_torch_thread):  # noqa: F811
     model = build("llama")
     ids = token_windows(2, 8)
-    stats = activation_stats(model, ids, nsamples=2, seqlen=8, sites=["silu_gate",
+    stats = activation_stats(model, None, ids, nsamples=2, seqlen=8, sites=["silu_gate",
                                                                        "model.layers.0.qkv"],
                              reservoir=0)
     assert list(stats) == ["model.layers.0.qkv", "model.layers.0.silu_gate",
@@ -236,9 +236,9 @@ def test_site_selection_and_to_frame(one_torch_thread):  # noqa: F811
     assert frame.loc["model.layers.1.silu_gate", "count"] == 2 * 8 * 128
     assert stats.settings["nsamples"] == 2 and stats.settings["bins"] == 4096
     with pytest.raises(ParameterError, match="'sites' parameter of activation_stats"):
-        activation_stats(model, ids, nsamples=2, seqlen=8, sites="attention")
+        activation_stats(model, None, ids, nsamples=2, seqlen=8, sites="attention")
     with pytest.raises(ParameterError, match="'reservoir' parameter of activation_stats"):
-        activation_stats(model, ids, nsamples=2, seqlen=8, reservoir=-1)
+        activation_stats(model, None, ids, nsamples=2, seqlen=8, reservoir=-1)
 
 
 def test_plot_draws_one_line_per_kind(one_torch_thread):  # noqa: F811
@@ -246,8 +246,15 @@ def test_plot_draws_one_line_per_kind(one_torch_thread):  # noqa: F811
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    stats = activation_stats(build("llama"), token_windows(2, 8), nsamples=2, seqlen=8,
+    stats = activation_stats(build("llama"), None, token_windows(2, 8), nsamples=2, seqlen=8,
                              sites="qkv,down", reservoir=0)
-    ax = stats.plot(0.5)
+    ax = stats.plot(s=0.5)
     assert [line.get_label() for line in ax.get_lines()] == ["qkv", "down"]
     plt.close(ax.figure)
+    _, given = plt.subplots()
+    assert stats.plot(given, sites="down") is given
+    assert [line.get_label() for line in given.get_lines()] == ["down"]
+    with pytest.warns(DeprecationWarning, match="plot"):
+        old = stats.plot(0.5, kinds=["qkv"])
+    assert [line.get_label() for line in old.get_lines()] == ["qkv"]
+    plt.close("all")

@@ -166,9 +166,9 @@ def test_projection_sizes_follow_the_config_with_gqa():
 def test_teal_greedy_search_on_a_tiny_model():
     model = build("llama")
     calib = token_windows(4, 32, seed=2)
-    stats = activation_stats(model, calib, sites=["qkv", "o", "gate_up", "down"], nsamples=4,
+    stats = activation_stats(model, None, calib, sites=["qkv", "o", "gate_up", "down"], nsamples=4,
                              seqlen=32)
-    search = teal_greedy_search(model, stats, calib, max_target=0.5, step=0.2, nsamples=2,
+    search = teal_greedy_search(model, None, calib, stats, max_target=0.5, step=0.2, nsamples=2,
                                 seqlen=32)
     assert list(search.paths) == ["model.layers.0", "model.layers.1"]
     for target in (0.2, 0.5):
@@ -184,7 +184,7 @@ def test_teal_greedy_search_on_a_tiny_model():
     path = search.paths["model.layers.0"]
     assert path.errors[0] == 0.0 and all(e > 0 for e in path.errors[1:])
     assert search.to_frame(0.5).shape == (2, 5)
-    same = teal_greedy_targets(model, stats, 0.5, calib, step=0.2, nsamples=2, seqlen=32)
+    same = teal_greedy_targets(model, None, calib, stats, 0.5, step=0.2, nsamples=2, seqlen=32)
     assert same == search.targets(0.5)
     # the model is left as it was
     for module in model.modules():
@@ -194,6 +194,6 @@ def test_teal_greedy_search_on_a_tiny_model():
 def test_teal_greedy_search_needs_teal_sites():
     model = build("llama")
     calib = token_windows(2, 16)
-    stats = activation_stats(model, calib, sites="silu_gate", nsamples=2, seqlen=16)
+    stats = activation_stats(model, None, calib, sites="silu_gate", nsamples=2, seqlen=16)
     with pytest.raises(ParameterError, match="'stats'"):
-        teal_greedy_search(model, stats, calib, max_target=0.5, nsamples=2, seqlen=16)
+        teal_greedy_search(model, None, calib, stats, max_target=0.5, nsamples=2, seqlen=16)

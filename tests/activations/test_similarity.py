@@ -59,7 +59,7 @@ def test_masks_and_recall():
 
 def test_identity_blocks_give_cosine_one(one_torch_thread):  # noqa: F811
     model = _zero_updates(build("llama", num_hidden_layers=4), {"o_proj", "down_proj"})
-    result = residual_similarity(model, IDS, max_k=3, **COMMON)
+    result = residual_similarity(model, None, IDS, max_k=3, **COMMON)
     assert isinstance(result, SimilarityResult)
     assert result.blocks == tuple(f"model.layers.{i}" for i in range(4))
     assert dict(result.cosine["model.layers.0"]) == pytest.approx({1: 1.0, 2: 1.0, 3: 1.0})
@@ -73,14 +73,14 @@ def test_identity_blocks_give_cosine_one(one_torch_thread):  # noqa: F811
 
 def test_random_blocks_change_the_residual_stream(one_torch_thread):  # noqa: F811
     model = build("llama", num_hidden_layers=3, initializer_range=0.5)
-    result = residual_similarity(model, IDS, max_k=2, **COMMON)
+    result = residual_similarity(model, None, IDS, max_k=2, **COMMON)
     values = [v for row in result.cosine.values() for v in row.values()]
     assert all(-1.0 <= v < 0.99 for v in values)
 
 
 def test_gpt2_identity_blocks(one_torch_thread):  # noqa: F811
     model = _zero_updates(build("gpt2", n_layer=3), {"c_proj"})
-    result = residual_similarity(model, IDS, max_k=2, **COMMON)
+    result = residual_similarity(model, None, IDS, max_k=2, **COMMON)
     assert result.by_k() == pytest.approx({1: 1.0, 2: 1.0})
 
 
@@ -93,7 +93,7 @@ def test_lookahead_is_exact_when_the_residual_stream_does_not_change(
     # blocks are identities on the residual stream, so block l+1's MLP input is exactly its
     # pre-MLP norm of block l's input: the predictor is the truth
     model = _zero_updates(build("llama", num_hidden_layers=3), {"o_proj", "down_proj"})
-    result = lookahead_predictability(model, IDS, kind=kind, top_frac=0.1, **COMMON)
+    result = lookahead_predictability(model, None, IDS, sites=kind, top_frac=0.1, **COMMON)
     assert isinstance(result, LookaheadResult)
     assert list(result) == ["model.layers.1", "model.layers.2"]
     for layer in result.layers.values():
@@ -102,7 +102,7 @@ def test_lookahead_is_exact_when_the_residual_stream_does_not_change(
         assert layer.active_fraction == pytest.approx(math.ceil(0.1 * (128 if kind == "silu_gate"
                                                                       else 64)) /
                                                       (128 if kind == "silu_gate" else 64))
-    thresholded = lookahead_predictability(model, IDS, kind=kind, target=0.5, **COMMON)
+    thresholded = lookahead_predictability(model, None, IDS, sites=kind, target=0.5, **COMMON)
     assert thresholded.top_frac is None and thresholded.target == 0.5
     for layer in thresholded.layers.values():
         assert layer.recall == pytest.approx(1.0) and layer.precision == pytest.approx(1.0)
@@ -112,7 +112,7 @@ def test_lookahead_is_exact_when_the_residual_stream_does_not_change(
 def test_lookahead_on_a_random_model_is_imperfect_but_better_than_chance(
         one_torch_thread):  # noqa: F811
     model = build("llama", num_hidden_layers=3, initializer_range=0.2)
-    result = lookahead_predictability(model, IDS, top_frac=0.25, **COMMON)
+    result = lookahead_predictability(model, None, IDS, top_frac=0.25, **COMMON)
     for layer in result.layers.values():
         assert layer.active_fraction == pytest.approx(0.25)
         assert layer.recall < 0.99
@@ -127,19 +127,19 @@ def test_parallel_residual_mlp_reads_the_block_input(one_torch_thread):  # noqa:
     # so the "own input" predictor is exact; this checks the traced pre-MLP norm is that module
     # (not input_layernorm) and that GELU models work
     model = build("gpt_neox", num_hidden_layers=3, use_parallel_residual=True)
-    result = lookahead_predictability(model, IDS, top_frac=0.2, **COMMON)
+    result = lookahead_predictability(model, None, IDS, top_frac=0.2, **COMMON)
     for layer in result.layers.values():
         assert layer.recall_own_input == pytest.approx(1.0)
 
 
 def test_lookahead_parameters(one_torch_thread):  # noqa: F811
     model = build("llama")
-    with pytest.raises(ParameterError, match="'kind' parameter of lookahead_predictability"):
-        lookahead_predictability(model, IDS, kind="qkv", **COMMON)
+    with pytest.raises(ParameterError, match="'sites' parameter of lookahead_predictability"):
+        lookahead_predictability(model, None, IDS, sites="qkv", **COMMON)
     with pytest.raises(ParameterError, match="'top_frac' parameter"):
-        lookahead_predictability(model, IDS, top_frac=0.0, **COMMON)
+        lookahead_predictability(model, None, IDS, top_frac=0.0, **COMMON)
     with pytest.raises(ParameterError, match="'max_k' parameter of residual_similarity"):
-        residual_similarity(model, IDS, max_k=0, **COMMON)
+        residual_similarity(model, None, IDS, max_k=0, **COMMON)
 
 
 def test_plots(one_torch_thread):  # noqa: F811
@@ -148,9 +148,9 @@ def test_plots(one_torch_thread):  # noqa: F811
     import matplotlib.pyplot as plt
 
     model = build("llama", num_hidden_layers=3)
-    ax = residual_similarity(model, IDS, max_k=2, **COMMON).plot()
+    ax = residual_similarity(model, None, IDS, max_k=2, **COMMON).plot()
     assert [line.get_label() for line in ax.get_lines()] == ["k = 1", "k = 2"]
     plt.close(ax.figure)
-    ax = lookahead_predictability(model, IDS, **COMMON).plot()
+    ax = lookahead_predictability(model, None, IDS, **COMMON).plot()
     assert len(ax.get_lines()) == 3
     plt.close(ax.figure)

@@ -64,7 +64,7 @@ def test_widths_follow_the_config_not_the_hidden_size():
     # makes the o input heads * head_dim = 128 wide
     model = build("llama", num_key_value_heads=1, head_dim=32, hidden_size=48,
                   intermediate_size=80)
-    sites = find_sites(model, kinds=["qkv", "o", "silu_gate", "residual"])
+    sites = find_sites(model, sites=["qkv", "o", "silu_gate", "residual"])
     widths = {s.kind: s.width for s in sites.values() if s.block == 0}
     assert widths == {"qkv": 48, "o": 4 * 32, "silu_gate": 80, "residual": 48}
     config = model.config
@@ -75,11 +75,11 @@ def test_widths_follow_the_config_not_the_hidden_size():
 
 def test_kind_selection_and_errors():
     model = build("gpt2")
-    assert [s.kind for s in find_sites(model, kinds="down,qkv").values()] == ["qkv", "down"] * 2
-    assert len(find_sites(model, kinds=("residual",))) == 2
-    with pytest.raises(ParameterError, match=r"^The 'kinds' parameter of find_sites must be None "
+    assert [s.kind for s in find_sites(model, sites="down,qkv").values()] == ["qkv", "down"] * 2
+    assert len(find_sites(model, sites=("residual",))) == 2
+    with pytest.raises(ParameterError, match=r"^The 'sites' parameter of find_sites must be None "
                                              r"or a non-empty selection of site kinds"):
-        find_sites(model, kinds="mlp")
+        find_sites(model, sites="mlp")
     with pytest.raises(ParameterError, match="'model' parameter of find_sites"):
         find_sites(object())
 
@@ -92,4 +92,4 @@ def test_a_gated_mlp_without_activation_module_has_no_silu_gate(caplog):
     assert not any(s.kind == "silu_gate" for s in sites.values())
     assert "no silu_gate site" in caplog.text
     with pytest.raises(ParameterError, match="silu_gate sites"):
-        find_sites(model, kinds="silu_gate")
+        find_sites(model, sites="silu_gate")

@@ -57,10 +57,10 @@ def test_table_parameters():
     fit = _skewed_stats(0, n=200)
     with pytest.raises(ParameterError, match=r"^The 'target' parameter of threshold_table"):
         threshold_table(fit, fit, 1.5)
-    with pytest.raises(ParameterError, match="'kind' parameter of threshold_table"):
-        threshold_table(fit, fit, 0.5, kind="mlp")
+    with pytest.raises(ParameterError, match="'sites' parameter of threshold_table"):
+        threshold_table(fit, fit, 0.5, sites="mlp")
     with pytest.raises(ParameterError, match="'stats_fit' parameter"):
-        threshold_table(fit, fit, 0.5, kind="qkv")
+        threshold_table(fit, fit, 0.5, sites="qkv")
     other = ActivationStats({k: v for k, v in fit.items() if "layers.0" not in k},
                             fit.token_index, {})
     with pytest.raises(ParameterError, match="'stats_heldout' parameter"):
@@ -99,8 +99,8 @@ def _wikitext_stats(tiny_llama_dir, shared_dir, *, chars, sites, **kwargs):
         for name in ("valid.txt", "test.txt"):
             text = (data / name).read_text(encoding="utf-8")
             streams.append(tokenize_text(tokenizer, text[:chars] if chars else text))
-        fit = activation_stats(model, streams[0], seed=0, sites=sites, reservoir=0, **kwargs)
-        held = activation_stats(model, streams[1], seed=1, sites=sites, reservoir=0, **kwargs)
+        fit = activation_stats(model, None, streams[0], seed=0, sites=sites, reservoir=0, **kwargs)
+        held = activation_stats(model, None, streams[1], seed=1, sites=sites, reservoir=0, **kwargs)
     finally:
         torch.set_num_threads(previous)
     return fit, held
@@ -116,7 +116,7 @@ def silu_gate_stats(tiny_llama_dir, shared_dir):
 @pytest.mark.shared
 def test_seed000_table_on_tiny_llama(silu_gate_stats):
     fit, held = silu_gate_stats
-    table = threshold_table(fit, held, 0.5, kind="silu_gate")
+    table = threshold_table(fit, held, 0.5, sites="silu_gate")
     assert table.index.tolist() == list(range(6))
     assert ((table["realised_sparsity"] - 0.5).abs() <= 0.02).all(), table["realised_sparsity"]
     # measured: TEAL's definition zeroes 75% at layer 0 and 0-15% after (the signed median of
@@ -144,7 +144,7 @@ def test_heldout_sparsity_is_within_two_points_for_every_site(all_site_stats, ta
     fit, held = all_site_stats
     seen = 0
     for kind in SITE_KINDS:
-        table = threshold_table(fit, held, target, kind=kind)
+        table = threshold_table(fit, held, target, sites=kind)
         assert len(table) == 6
         off = table[(table["realised_sparsity"] - target).abs() > 0.02]
         assert off.empty, f"{kind}: realised {off['realised_sparsity'].tolist()}"

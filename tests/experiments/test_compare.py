@@ -173,10 +173,12 @@ def test_prune_and_evaluate_alpha_with_file_eval(bert, tokenizer, tmp_path):
         run = prune_and_evaluate(bert, tokenizer, 0.6, method="sparsegpt",
                                  allocation=specmetrics.AlphaPruningConfig(epsilon=0.3),
                                  calibration=CALIB, eval_texts=path, k=3, **SMALL)
-    with quiet(), pytest.warns(DeprecationWarning, match="'alpha' is now 'alphapruning'"):
+    with quiet(), pytest.warns(DeprecationWarning) as caught:
         old = prune_and_evaluate(bert, tokenizer, 0.6, method="sparsegpt", allocation="alpha",
                                  epsilon=0.3, calibration=CALIB, eval_texts=path, k=3, **SMALL)
     assert old.allocation == run.allocation
+    messages = " ".join(str(w.message) for w in caught)
+    assert "'alpha' is now 'alphapruning'" in messages and "epsilon" in messages
     assert run.allocation.settings["method"]["epsilon"] == 0.3
     assert run.evaluation.n_texts == 10 and run.evaluation.k == 3
     assert run.achieved == pytest.approx(0.6, abs=0.01)

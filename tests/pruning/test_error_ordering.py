@@ -12,9 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from specmetrics.calibration import HessianStats, SquaredNormStats
 from specmetrics.pruning import (
-    HessianStats,
-    SquaredNormStats,
     apply_mask,
     magnitude_mask,
     sparsegpt_prune,

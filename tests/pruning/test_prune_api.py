@@ -8,10 +8,11 @@ import torch
 
 import specmetrics
 from tiny_models import (ARCHS, build, model_output, one_torch_thread,  # noqa: F401
-                                 token_windows)
+                         token_windows)
 from specmetrics import ParameterError
-from specmetrics.pruning import (MagnitudeConfig, PruneReport, SparseGPTConfig, WandaConfig,
-                                 calibration_input_norms, find_blocks, owl_outlier_ratios, prune)
+from specmetrics.allocation import calibration_input_norms, owl_outlier_ratios
+from specmetrics.models import find_blocks
+from specmetrics.pruning import MagnitudeConfig, PruneReport, SparseGPTConfig, WandaConfig, prune
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,7 +121,7 @@ def test_prune_matches_the_pure_functions_on_block_zero():
 def test_allocation_flows_by_module_name(method):
     model = build("llama")
     ids = token_windows(4, 16)
-    norms = calibration_input_norms(model, ids, nsamples=4)
+    norms = calibration_input_norms(model, None, ids, nsamples=4)
     alloc = specmetrics.allocation.allocate(
         model, 0.6, method=specmetrics.allocation.OWLConfig(calibration=norms, lam=0.1))
     layout = find_blocks(model)
@@ -228,7 +229,7 @@ def test_owl_outlier_ratios_match_the_allocation_formula():
     ids = token_windows(3, 16)
     layout = find_blocks(model)
     state = _state(model)
-    ratios = owl_outlier_ratios(model, ids, m=3.0, nsamples=3)
+    ratios = owl_outlier_ratios(model, None, ids, m=3.0, nsamples=3)
     _assert_same_state(model, state)
     assert list(ratios) == list(layout.names)
     norms = capture_input_sq_norms(model, list(layout.modules), ids)
@@ -238,7 +239,7 @@ def test_owl_outlier_ratios_match_the_allocation_formula():
     for block, value in ratios.items():
         assert value == pytest.approx(expected[block], abs=1e-9)
         assert 0.0 < value < 100.0
-    seq_norms = calibration_input_norms(model, ids, nsamples=3)
+    seq_norms = calibration_input_norms(model, None, ids, nsamples=3)
     for name, value in seq_norms.items():  # sums vs means over the 3 sequences
         torch.testing.assert_close(value * 3, norms[name], rtol=1e-5, atol=1e-6)
 
