@@ -80,13 +80,17 @@ def probes() -> list[dict]:
     return [_probe() for _ in range(3)]
 
 
-def test_import_is_fast(probes):
+def test_import_is_light(probes):
+    """``import specmetrics`` loads the package's ``__init__`` and nothing else of ours or of
+    anyone's (a count, not a clock: timings on a shared machine prove nothing)."""
+    added = probes[0]["added"]
+    ours = [m for m in added if m.split(".")[0] == "specmetrics"]
+    assert ours == ["specmetrics"], ours
+    others = [m for m in added if m.split(".")[0] != "specmetrics"]
+    assert len(others) <= 5, others  # at most a few stdlib helpers (importlib machinery)
     best = min(p["elapsed"] for p in probes)
-    added = [m for m in probes[0]["added"] if "." not in m]
-    assert best < IMPORT_BUDGET_S, (
-        f"`import specmetrics` took {best:.3f} s after `import torch` "
-        f"(budget {IMPORT_BUDGET_S} s); new top-level modules: {added}"
-    )
+    print(f"import specmetrics after torch: {best * 1e3:.2f} ms (informative only; "
+          f"budget once {IMPORT_BUDGET_S} s)")
 
 
 def test_import_does_not_load_optional_packages(probes):
