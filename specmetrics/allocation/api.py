@@ -17,9 +17,9 @@ from ..models.matrices import list_weight_matrices, name_filter
 from ..models.naming import (FUSED_TYPES, MODULE_TYPES, block_of, module_group, module_type, parse_type_set,
                              type_in)
 from ..spectrum.results import SpectrumReport
-from .configs import (AlphaPruningConfig, OWLConfig, UniformConfig, config_settings,
+from .configs import (AlphaPruningConfig, config_settings,
                       resolve_method)
-from .mapping import alphapruning_ratios, owl_offsets, solve_budget
+from .mapping import solve_budget
 from .result import AllocatedMatrix, Allocation
 
 __all__ = ["allocate", "DegenerateMetricWarning", "UNITS", "BUDGETS", "DEGENERATE_POLICIES"]
@@ -251,21 +251,25 @@ def _degenerate_units(unit_members, values, policy) -> tuple[dict[str, float], s
     return scores, bad, policy == "target"
 
 
-def _map_units(config, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _map_units(config, scores: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(base, slope) per unit: ratio = clip(base + t · slope) with t solved for the budget."""
-    if isinstance(config, AlphaPruningConfig):
-        r = alphapruning_ratios(scores, config.epsilon, normalize=config.normalize,
-                                invert=config.invert)
-        return np.zeros_like(r), r
-    if isinstance(config, OWLConfig):
-        d = owl_offsets(scores, config.lam, normalize=config.normalize)
-        return d, np.ones_like(d)
-    ones = np.ones(len(scores))
-    return np.zeros_like(ones), ones
+    base, slope = config.map_units(scores, depth=depth)
+    return np.asarray(base, dtype=np.float64), np.asarray(slope, dtype=np.float64)
+
+
+def _unit_depth(members, unit_names, n_blocks: int) -> np.ndarray:
+    """Each unit's depth in [0, 1]: its block index over the last block index (0.5 outside the
+    blocks), what depth-trend allocators (ATP) map from."""
+    block = {}
+    for r in members:
+        block.setdefault(r.unit, None if r.block is None else r.block[1])
+    last = max(1, n_blocks - 1)
+    return np.array([0.5 if block[u] is None else block[u] / last for u in unit_names])
 
 
 def _solve(rows: list[_Row], counts, unit_scores, held: set[str], degenerate: set[str], *,
            config, target, apply_to, budget, clip) -> list[AllocatedMatrix]:
+    n_blocks = 1 + max((r.block[1] for r in rows if r.block is not None), default=0)
     applied = {r.name: (r.unit not in held) and type_in(r.mtype, apply_to) for r in rows}
     ratio = {r.name: float(target) for r in rows}
     relative = {r.name: float("nan") for r in rows}
@@ -276,7 +280,8 @@ def _solve(rows: list[_Row], counts, unit_scores, held: set[str], degenerate: se
     for key, members in problems.items():
         unit_names = list(dict.fromkeys(r.unit for r in members))
         scores = np.array([unit_scores[u] for u in unit_names], dtype=np.float64)
-        base_u, slope_u = _map_units(config, scores)
+        depth = _unit_depth(members, unit_names, n_blocks)
+        base_u, slope_u = _map_units(config, scores, depth)
         index = {u: i for i, u in enumerate(unit_names)}
         base = np.array([base_u[index[r.unit]] for r in members])
         slope = np.array([slope_u[index[r.unit]] for r in members])
@@ -286,7 +291,7 @@ def _solve(rows: list[_Row], counts, unit_scores, held: set[str], degenerate: se
                      len(unit_names), t)
         for r, value, b, s in zip(members, solved, base, slope):
             ratio[r.name] = float(value)
-            relative[r.name] = float(b if isinstance(config, OWLConfig) else s)
+            relative[r.name] = float(b if config.relative == "base" else s)
     return [
         AllocatedMatrix(
             name=r.name, n_params=counts[r.name], unit=r.unit,
@@ -323,7 +328,7 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
         alphas), which needs ``n_params``.
     target : float, default 0.5
         Parameter-weighted mean sparsity, in [0, 1).
-    method : AlphaPruningConfig, OWLConfig, UniformConfig or str, default AlphaPruningConfig()
+    method : allocator config or str, default AlphaPruningConfig()
         The mapping from scores to ratios; ``"alphapruning"``, ``"owl"`` and ``"uniform"`` mean
         the default config of each. OWL needs an ``nn.Module`` source and
         ``OWLConfig(calibration=...)``, or precomputed outlier ratios as a scores mapping.
@@ -437,10 +442,11 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
 
     is_report = isinstance(source, SpectrumReport)
     is_scores = not is_report and _is_score_mapping(source)
-    # OWL computes its own scores (outlier ratios) from a model; given scores are used as they are
-    owl_from_model = isinstance(config, OWLConfig) and not (is_scores or is_report)
-    need_metric = isinstance(config, AlphaPruningConfig) or (
-        isinstance(config, OWLConfig) and not owl_from_model)
+    # activation-based allocators (OWL, DLP) compute their own scores from a model; given
+    # scores are used as they are
+    scores_from_model = config.inputs == "activations" and not (is_scores or is_report)
+    need_metric = config.inputs == "spectrum" or (
+        config.inputs == "activations" and not scores_from_model)
     metric_label: str | None = _metric_label(metric)
     if is_scores:
         names, counts, values = _from_scores(source, metric, include, exclude, n_params)
@@ -480,12 +486,12 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
 
     degenerate: set[str] = set()
     hold = False
-    if isinstance(config, UniformConfig):
+    if config.inputs is None:  # no scores: uniform, or a depth trend (ATP)
         unit_scores = dict.fromkeys(unit_members, float("nan"))
         metric_label = None
-    elif owl_from_model:
-        ratios = _owl_unit_scores(source, config, unit_members, names)
-        metric_label = "outlier_ratio"
+    elif scores_from_model:
+        ratios = _activation_unit_scores(source, config, unit_members, names)
+        metric_label = config.score_label
         unit_scores, degenerate, hold = _degenerate_units({u: [u] for u in ratios}, ratios,
                                                           on_degenerate)
     else:
@@ -534,19 +540,22 @@ def _ordered(types):
     return None if types is None else [t for t in MODULE_TYPES if t in types]
 
 
-def _owl_unit_scores(model, config: OWLConfig, unit_members, names) -> dict[str, float]:
+def _activation_unit_scores(model, config, unit_members, names) -> dict[str, float]:
+    """Unit scores of an activation-based allocator (OWL's outlier ratios, DLP's importance),
+    from its ``calibration`` (captured input norms, or token ids run through the model)."""
     import torch
 
-    from .owl import capture_input_sq_norms, unit_outlier_ratios
+    from .owl import capture_input_sq_norms
 
     if not isinstance(model, torch.nn.Module):
-        raise fail("source", _FUNC, "an nn.Module (or a scores mapping) for OWL", type(model).__name__)
+        raise fail("source", _FUNC, f"an nn.Module (or a scores mapping) for {config.name}",
+                   type(model).__name__)
     calibration = config.calibration
     if calibration is None:
-        raise fail("method", _FUNC, "an OWLConfig with calibration inputs (token ids, batches or "
-                   "captured input norms) for a model source", config)
+        raise fail("method", _FUNC, f"a {type(config).__name__} with calibration inputs (token "
+                   "ids, batches or captured input norms) for a model source", config)
     if isinstance(calibration, Mapping):
         norms = calibration
     else:
         norms = capture_input_sq_norms(model, names, calibration, batch_size=config.batch_size)
-    return unit_outlier_ratios(model, unit_members, norms, config.m)
+    return config.unit_scores(model, unit_members, norms)

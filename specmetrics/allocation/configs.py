@@ -1,16 +1,40 @@
-"""Frozen configurations of the allocation methods; :func:`~specmetrics.allocate` dispatches on
-their type. Options that apply to every method (units, budget, clipping, ...) stay keyword
-arguments of ``allocate``.
+"""Frozen configurations of the allocators, behind one small protocol.
+
+Every allocator is a frozen config with:
+
+``name`` (class attribute)
+    Its one name, the key of :data:`ALLOCATORS` (``allocate(method="owl")``, the CLI's
+    ``--allocation``, the grid runners).
+``inputs`` (class attribute)
+    What its unit scores come from: ``"spectrum"`` (a metric of the weight spectra, e.g.
+    ``alpha_peak``), ``"activations"`` (computed from calibration activations of the dense model by
+    ``unit_scores``), or ``None`` (no scores: uniform, or a depth trend).
+``relative`` (class attribute)
+    Whether the per-unit value before the budget is a ``"slope"`` (ratios ``s = t · r``, a scale)
+    or a ``"base"`` (``s = t + d``, a shift); shown as the ``relative`` column.
+``map_units(scores, *, depth) -> (base, slope)``
+    Pure: unit scores (and each unit's depth in [0, 1]) to the per-unit line ``base + t · slope``
+    whose parameter ``t`` :func:`~specmetrics.allocation.mapping.solve_budget` solves for the
+    target (with clipping).
+``unit_scores(model, units, input_sq_norms) -> {unit: score}`` (``inputs == "activations"``)
+    The unit scores from the dense model and per-input-channel squared norms of calibration
+    activations.
+
+Options that apply to every allocator (units, budget, clipping, ...) stay keyword arguments of
+:func:`~specmetrics.allocate`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from .._validation import check_choice, check_interval, fail
-from .mapping import NORMALIZATIONS
+import numpy as np
 
-__all__ = ["AlphaPruningConfig", "OWLConfig", "UniformConfig", "ALLOCATORS", "resolve_method"]
+from .._validation import check_choice, check_interval, fail
+from .mapping import NORMALIZATIONS, alphapruning_ratios, owl_offsets
+
+__all__ = ["AlphaPruningConfig", "OWLConfig", "UniformConfig", "ALLOCATORS", "register",
+           "resolve_method"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,7 @@ class AlphaPruningConfig:
     name: ClassVar[str] = "alphapruning"
     #: what the scores are computed from: the spectra of the weights
     inputs: ClassVar[str] = "spectrum"
+    relative: ClassVar[str] = "slope"
 
     epsilon: float = 0.2
     normalize: str = "minmax"
@@ -53,6 +78,12 @@ class AlphaPruningConfig:
             self.epsilon, 0, 1, name="epsilon", func="AlphaPruningConfig", closed="both"))
         check_choice(self.normalize, NORMALIZATIONS, name="normalize", func="AlphaPruningConfig")
         check_choice(self.invert, (False, True), name="invert", func="AlphaPruningConfig")
+
+    def map_units(self, scores, *, depth=None):
+        """``(0, r)``: ratios ``η r`` with AlphaPruning's relative ratios ``r`` of the scores."""
+        r = alphapruning_ratios(scores, self.epsilon, normalize=self.normalize,
+                                invert=self.invert)
+        return np.zeros_like(r), r
 
 
 @dataclass(frozen=True)
@@ -93,6 +124,9 @@ class OWLConfig:
     name: ClassVar[str] = "owl"
     #: what the scores are computed from: calibration activations of the dense model
     inputs: ClassVar[str] = "activations"
+    relative: ClassVar[str] = "base"
+    #: the label of its scores in tables
+    score_label: ClassVar[str] = "outlier_ratio"
 
     m: float = 5.0
     lam: float = 0.08
@@ -110,6 +144,18 @@ class OWLConfig:
             raise fail("batch_size", "OWLConfig", "an integer >= 1", self.batch_size)
         check_choice(self.normalize, NORMALIZATIONS, name="normalize", func="OWLConfig")
 
+    def map_units(self, scores, *, depth=None):
+        """``(d, 1)``: ratios ``c + d`` with OWL's offsets ``d = -2λ u`` (u: normalised outlier
+        ratio), the shift ``c`` solved for the target."""
+        d = owl_offsets(scores, self.lam, normalize=self.normalize)
+        return d, np.ones_like(d)
+
+    def unit_scores(self, model, units, input_sq_norms):
+        """OWL's outlier ratio of each unit (its matrices' Wanda scores pooled)."""
+        from .owl import unit_outlier_ratios
+
+        return unit_outlier_ratios(model, units, input_sq_norms, self.m)
+
 
 @dataclass(frozen=True)
 class UniformConfig:
@@ -118,12 +164,29 @@ class UniformConfig:
     name: ClassVar[str] = "uniform"
     #: no scores
     inputs: ClassVar[None] = None
+    relative: ClassVar[str] = "slope"
+
+    def map_units(self, scores, *, depth=None):
+        """``(0, 1)``: every unit at the target."""
+        ones = np.ones(len(scores))
+        return np.zeros_like(ones), ones
 
 
 #: name -> allocator config class (the one registry ``allocate``, the CLI and the grid runners
 #: read)
 ALLOCATORS: dict[str, type] = {"uniform": UniformConfig, "alphapruning": AlphaPruningConfig,
                                "owl": OWLConfig}
+
+
+def register(config_cls: type) -> type:
+    """Add an allocator config class under its ``name`` (usable as a class decorator)."""
+    for attr in ("name", "inputs", "relative", "map_units"):
+        if not hasattr(config_cls, attr):
+            raise TypeError(f"{config_cls.__name__} lacks {attr!r} (see the allocator protocol)")
+    if config_cls.inputs == "activations" and not hasattr(config_cls, "unit_scores"):
+        raise TypeError(f"{config_cls.__name__} reads activations but has no unit_scores")
+    ALLOCATORS[config_cls.name] = config_cls
+    return config_cls
 
 
 def resolve_method(method, *, func: str = "allocate", name: str = "method"):
