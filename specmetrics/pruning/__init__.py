@@ -14,7 +14,7 @@ from .api import prune
 from .base import MatrixUpdate, PruningMethod
 from .configs import MagnitudeConfig, SparseGPTConfig, WandaConfig, parse_pattern
 from .magnitude import magnitude_mask
-from .masks import apply_mask, matrix_threshold_mask, nm_mask, row_topk_mask
+from .masks import apply_mask, matrix_threshold_mask, nm_mask, row_topk_mask, spread_counts
 from .registry import METHODS, method_label, method_names, register, resolve_method
 from .report import ModulePruneResult, PruneReport
 from .sparsegpt import SparseGPTResult, sparsegpt_prune
@@ -25,7 +25,7 @@ __all__ = [
     "PruningMethod", "MatrixUpdate", "METHODS", "register", "resolve_method", "method_names",
     "method_label",
     "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "parse_pattern",
-    "row_topk_mask", "nm_mask", "matrix_threshold_mask", "apply_mask",
+    "row_topk_mask", "nm_mask", "matrix_threshold_mask", "apply_mask", "spread_counts",
     "magnitude_mask", "wanda_scores", "wanda_mask", "sparsegpt_prune", "SparseGPTResult",
 ]
 

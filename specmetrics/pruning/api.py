@@ -363,7 +363,29 @@ def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=
         device="module" if compute_device is None else str(compute_device),
         time_s=time.perf_counter() - started)
     logger.info("prune: done in %.3g s, achieved %.6g", report.time_s, report.achieved)
+    _check_achieved(report)
     return report
+
+
+def _check_achieved(report: PruneReport) -> None:
+    """Warn when the zeros differ from the target by more than one weight per matrix (the
+    rounding every method is held to) in matrices without dead inputs."""
+    import warnings
+
+    from ..exceptions import SparsityShortfallWarning
+
+    checked = [m for m in report.modules if m.dead_inputs == 0 and m.target > 0]
+    if not checked:
+        return
+    expected = sum(math.floor(m.n_params * m.target + 0.5) for m in checked)
+    zeros = sum(round(m.n_params * m.achieved) for m in checked)
+    if abs(zeros - expected) > len(checked):
+        total = sum(m.n_params for m in checked)
+        warnings.warn(
+            f"prune: the pruned matrices hold {zeros} zeros where the ratios ask for {expected} "
+            f"({zeros / total:.6f} vs {expected / total:.6f} of {total} weights), more than the "
+            f"rounding of one weight per matrix ({len(checked)})", SparsityShortfallWarning,
+            stacklevel=3)
 
 
 def _zero_fraction(weight: torch.Tensor) -> float:

@@ -17,7 +17,7 @@ def magnitude_mask(weight: Tensor, sparsity: float, *, pattern: str = "unstructu
     weight : torch.Tensor, shape (out_features, in_features)
         Any real floating dtype; not modified.
     sparsity : float
-        Fraction in [0, 1] to prune. Unstructured: exactly ``int(numel · sparsity)`` weights of
+        Fraction in [0, 1] to prune. Unstructured: exactly ``round(numel · sparsity)`` weights of
         the whole matrix under one threshold (Wanda's ``prune_magnitude`` baseline). For an N:M
         pattern it must equal N/M.
     pattern : str, default "unstructured"

@@ -35,7 +35,7 @@ from torch import Tensor
 from .._validation import fail
 from ..exceptions import CholeskyError
 from .configs import check_sparsegpt_options, resolve_pattern
-from .masks import check_weight, lowest_k
+from .masks import check_weight, lowest_k, spread_counts
 
 __all__ = ["sparsegpt_prune", "SparseGPTResult", "CholeskyError"]
 
@@ -175,9 +175,10 @@ def sparsegpt_prune(
         (:attr:`HessianStats.value <specmetrics.pruning.stats.HessianStats>`); symmetric, finite.
         Not modified (a float32 copy is made on the weight's device).
     sparsity : float
-        Fraction in [0, 1]. Unstructured: each rows × block tile prunes exactly
-        ``int(tile.numel() · sparsity)`` entries (so ``sparsity = 0`` changes nothing). For an
-        N:M pattern it must equal N/M.
+        Fraction in [0, 1]. Unstructured: the matrix prunes exactly ``round(numel · s)``
+        entries, spread over the rows × block tiles (each within one weight of
+        ``tile.numel() · s``, see :func:`~specmetrics.pruning.masks.spread_counts`; so
+        ``sparsity = 0`` changes nothing). For an N:M pattern it must equal N/M.
     pattern : str, default "unstructured"
         ``"unstructured"`` or ``"N:M"`` (``in_features`` and ``blocksize`` divisible by M).
     blocksize : int, default 128
@@ -206,9 +207,10 @@ def sparsegpt_prune(
 
     Notes
     -----
-    Selection counts are exact (``int(numel · s)`` per tile, ties to the lower index) where the
-    reference prunes every entry ``<=`` the score at sorted position ``int(numel · s)``, i.e.
-    one more per tile (plus ties), so that it prunes one weight per tile even at ``s = 0``.
+    Selection counts are exact (``round(numel · s)`` per matrix spread over the tiles, ties to
+    the lower index) where the reference prunes every entry ``<=`` the score at sorted position
+    ``int(tile.numel · s)`` of each tile, i.e. one more per tile (plus ties), so that it prunes
+    one weight per tile even at ``s = 0``.
 
     References
     ----------
@@ -244,7 +246,10 @@ def sparsegpt_prune(
     del H
 
     mask = torch.zeros((rows, cols), dtype=torch.bool, device=W.device)
-    for i1 in range(0, cols, blocksize):
+    starts = list(range(0, cols, blocksize))
+    tile_counts = spread_counts([rows * (min(i1 + blocksize, cols) - i1) for i1 in starts], s) \
+        if nm is None else None
+    for t, i1 in enumerate(starts):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
         Q1 = torch.zeros_like(W1)
@@ -253,7 +258,7 @@ def sparsegpt_prune(
         d1 = torch.diagonal(U1)
         if nm is None:
             tile = W1 ** 2 / d1.reshape(1, -1) ** 2
-            mask1 = lowest_k(tile.reshape(1, -1), int(tile.numel() * s)).reshape(tile.shape)
+            mask1 = lowest_k(tile.reshape(1, -1), tile_counts[t]).reshape(tile.shape)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):

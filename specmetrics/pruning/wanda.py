@@ -63,7 +63,8 @@ def wanda_mask(weight: Tensor, sq_norms: Tensor, sparsity: float, *,
         ``s_j`` as for :func:`wanda_scores`.
     sparsity : float
         Fraction in [0, 1]. Unstructured: each output row prunes exactly
-        ``int(in_features · sparsity)`` weights. For an N:M pattern it must equal N/M.
+        about ``in_features · sparsity`` weights, the matrix exactly ``round(numel · sparsity)``
+        (:func:`~specmetrics.pruning.masks.row_topk_mask`). For an N:M pattern it must equal N/M.
     pattern : str, default "unstructured"
         ``"unstructured"`` or ``"N:M"`` (``in_features`` divisible by M).
 

@@ -1,6 +1,8 @@
 """Magnitude and Wanda masks, and Wanda's calibration statistic, on single linear layers."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch import nn
 
 from specmetrics import ParameterError
 from specmetrics.calibration import SquaredNormStats
-from specmetrics.pruning import magnitude_mask, wanda_mask, wanda_scores
+from specmetrics.pruning import magnitude_mask, spread_counts, wanda_mask, wanda_scores
 
 
 def linear_with_inputs(seed=0, in_features=48, out_features=20):
@@ -79,14 +81,14 @@ def test_wanda_prunes_the_lowest_weight_times_input_norm_of_each_row(sparsity):
     layer, batches = linear_with_inputs()
     stats = captured_sq_norms(layer, batches)
     mask = wanda_mask(layer.weight, stats.value, sparsity)
-    k = int(layer.in_features * sparsity)
-    assert (mask.sum(dim=1) == k).all()
+    ks = spread_counts([layer.in_features] * layer.out_features, sparsity)
+    assert mask.sum(dim=1).tolist() == ks  # exact total, each row within one of C_in * s
     # Brute force from the raw inputs, in float64: |W_ij| · ‖X_j‖ sorted per row.
     tokens = np.concatenate([x.reshape(-1, x.shape[-1]).numpy() for x in batches]).astype(float)
     scores = np.abs(layer.weight.detach().numpy().astype(float)) * np.linalg.norm(tokens, axis=0)
     expected = np.zeros(scores.shape, dtype=bool)
     for i, row in enumerate(scores):
-        expected[i, np.argsort(row, kind="stable")[:k]] = True
+        expected[i, np.argsort(row, kind="stable")[:ks[i]]] = True
     np.testing.assert_array_equal(mask.numpy(), expected)
 
 
@@ -124,7 +126,7 @@ def test_magnitude_prunes_exact_count_under_one_threshold(sparsity):
     g = torch.Generator().manual_seed(3)
     weight = torch.randn(16, 24, generator=g) * torch.logspace(-1, 1, 16).reshape(-1, 1)
     mask = magnitude_mask(weight, sparsity)
-    k = int(weight.numel() * sparsity)
+    k = math.floor(weight.numel() * sparsity + 0.5)
     assert int(mask.sum()) == k
     if k:
         assert weight.abs()[mask].max() <= weight.abs()[~mask].min()

@@ -1,6 +1,8 @@
 """Mask functions (exact counts, tie rule, N:M groups), apply_mask, patterns and configs."""
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import re
 
@@ -21,6 +23,7 @@ from specmetrics.pruning import (
     nm_mask,
     parse_pattern,
     row_topk_mask,
+    spread_counts,
 )
 
 sparsities = st.floats(0.0, 1.0, allow_nan=False)
@@ -65,12 +68,28 @@ def test_ties_go_to_the_lower_index():
                                                           [False, False, False, True]]
 
 
-def test_counts_use_the_floor_as_the_references():
+def test_counts_land_on_the_target_to_one_weight_per_matrix():
     scores = torch.arange(10.0).reshape(1, 10)
-    assert int(row_topk_mask(scores, 0.29).sum()) == 2  # int(10 * 0.29) = 2
+    assert int(row_topk_mask(scores, 0.29).sum()) == 3  # round(10 * 0.29) = 3 (the floor: 2)
     assert int(row_topk_mask(scores, 0.3).sum()) == 3
-    assert int(matrix_threshold_mask(scores, 0.99).sum()) == 9
+    assert int(matrix_threshold_mask(scores, 0.99).sum()) == 10
     assert row_topk_mask(scores, 0.0).sum() == 0 and bool(row_topk_mask(scores, 1.0).all())
+    # 70 % of 256 columns: the reference's floor gives 179 per row (0.6992); spread, the
+    # matrix lands on round(numel * 0.7) and every row is within one of 179.2
+    big = torch.rand(64, 256, generator=torch.Generator().manual_seed(0))
+    mask = row_topk_mask(big, 0.7)
+    assert int(mask.sum()) == round(64 * 256 * 0.7)
+    assert set(mask.sum(dim=1).tolist()) <= {179, 180}
+
+
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=30), sparsities)
+def test_spread_counts_are_exact_and_even(sizes, sparsity):
+    counts = spread_counts(sizes, sparsity)
+    assert sum(counts) == math.floor(sum(sizes) * sparsity + 0.5)
+    for k, n in zip(counts, sizes):
+        assert 0 <= k <= n and abs(k - n * sparsity) < 1 + 1e-9
+    if all(float(n * sparsity).is_integer() for n in sizes):  # the reference's counts
+        assert counts == [int(n * sparsity) for n in sizes]
 
 
 def test_low_precision_and_integer_scores():
@@ -85,10 +104,10 @@ def test_low_precision_and_integer_scores():
 @given(score_matrices(), sparsities)
 def test_row_topk_mask_is_the_stable_lowest_k_of_each_row(scores, sparsity):
     mask = row_topk_mask(scores, sparsity)
-    k = int(scores.shape[1] * sparsity)
+    ks = spread_counts([scores.shape[1]] * scores.shape[0], sparsity)
     assert mask.dtype == torch.bool and mask.shape == scores.shape
-    assert (mask.sum(dim=1) == k).all()
-    expected = np.stack([stable_lowest(row, k) for row in scores.numpy()])
+    assert mask.sum(dim=1).tolist() == ks
+    expected = np.stack([stable_lowest(row, k) for row, k in zip(scores.numpy(), ks)])
     np.testing.assert_array_equal(mask.numpy(), expected)
     assert torch.equal(mask, row_topk_mask(scores, sparsity))  # deterministic
 
@@ -96,7 +115,7 @@ def test_row_topk_mask_is_the_stable_lowest_k_of_each_row(scores, sparsity):
 @given(score_matrices(), sparsities)
 def test_matrix_threshold_mask_is_one_threshold_with_exact_count(scores, sparsity):
     mask = matrix_threshold_mask(scores, sparsity)
-    k = int(scores.numel() * sparsity)
+    k = math.floor(scores.numel() * sparsity + 0.5)
     assert int(mask.sum()) == k
     if 0 < k < scores.numel():
         assert scores[mask].max() <= scores[~mask].min()
