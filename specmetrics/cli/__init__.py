@@ -27,13 +27,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import activations, allocate, demo, esd, prune
+from . import ablate, activations, allocate, demo, esd, prune
 from .common import report_error, status
 
 __all__ = ["main", "build_parser"]
 
 PROG = "specmetrics"
-COMMANDS = (esd, demo, allocate, prune, activations)
+COMMANDS = (esd, demo, allocate, prune, ablate, activations)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,10 +4,13 @@
   targets, evaluated against the dense model (:mod:`~specmetrics.experiments.compare`);
 - :func:`activation_sparsity_sweep` / :func:`activation_report`: perplexity against activation
   sparsity (TEAL, CATS);
+- :func:`ablation`: the seed-003 grid of allocation variants × methods, resumable
+  (``specmetrics ablate``);
 - :func:`run_demo`: the main job on an embedded model (``specmetrics demo``).
 
 May import: everything in the library.
 """
+from .ablations import SEED003_GRID, AblationCell, AblationResult, ablation
 from .activation_sweep import (SWEEP_STYLES, ActivationReport, SweepResult, SweepRow,
                                activation_report, activation_sparsity_sweep)
 from .compare import (ComparisonResult, PruneRun, compare_allocations, method_config,
@@ -21,4 +24,5 @@ __all__ = [
     "activation_sparsity_sweep", "activation_report", "SweepResult", "SweepRow",
     "ActivationReport", "SWEEP_STYLES",
     "run_demo", "DemoResult", "DEMO_MODELS",
+    "ablation", "AblationResult", "AblationCell", "SEED003_GRID",
 ]

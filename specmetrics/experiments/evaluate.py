@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from .._validation import check_bool, check_positive_int, fail
@@ -77,9 +78,9 @@ class EvalText:
     model : nn.Module
         The dense model (decides causal LM vs encoder, the default window and the vocabulary).
     tokenizer : Hugging Face tokenizer
-    texts : str, pathlib.Path or sequence of str
-        Causal LM: one text (a list is joined with ``"\\n\\n"``). Encoder: a list of texts, or a
-        text / file split into paragraphs at blank lines.
+    texts : str, pathlib.Path, sequence of str or torch.Tensor
+        Causal LM: one text (a list is joined with ``"\\n\\n"``), or token ids. Encoder: a list
+        of texts, or a text / file split into paragraphs at blank lines.
     seqlen : int, optional
         Perplexity window (default the model's maximum positions, capped at 2048).
     k : int
@@ -96,10 +97,11 @@ class EvalText:
         self.max_windows = None if max_windows is None else check_positive_int(
             max_windows, name="max_windows", func=func)
         if self.causal:
-            text = read_text(texts, name="eval_texts", func=func)
+            if not isinstance(texts, torch.Tensor):  # token ids are taken as they are
+                texts = read_text(texts, name="eval_texts", func=func)
             self.seqlen = default_seqlen(model, func=func) if seqlen is None else \
                 check_positive_int(seqlen, name="seqlen", func=func, minimum=2)
-            self.ids = tokenize_text(tokenizer, text, func=func,
+            self.ids = tokenize_text(tokenizer, texts, func=func,
                                      vocab_size=model_vocab_size(model))
             n_windows = int(self.ids.numel()) // self.seqlen
             if n_windows == 0:

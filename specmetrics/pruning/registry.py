@@ -31,13 +31,18 @@ def register(config_cls: type) -> type:
 for _cls in (MagnitudeConfig, WandaConfig, SparseGPTConfig):
     register(_cls)
 
+from .dsnot import DSnoTConfig  # noqa: E402  (reads METHODS lazily, no import cycle)
+
+register(DSnoTConfig)
+
 
 def method_names() -> tuple[str, ...]:
     """The registered method names, e.g. ``("magnitude", "wanda", "sparsegpt", ...)``."""
     return tuple(METHODS)
 
 
-def resolve_method(method: Any, *, func: str = "prune", pattern: str | None = None):
+def resolve_method(method: Any, *, func: str = "prune", pattern: str | None = None,
+                   name: str = "method"):
     """A method config from a config instance or a registered name (its default config, with
     ``pattern`` when given)."""
     configs = tuple(METHODS.values())
@@ -51,7 +56,7 @@ def resolve_method(method: Any, *, func: str = "prune", pattern: str | None = No
         return cls() if pattern in (None, "unstructured") else cls(pattern=pattern)
     names = ", ".join(repr(n) for n in METHODS)
     classes = ", ".join(c.__name__ for c in configs)
-    raise fail("method", func, f"a method config ({classes}) or one of {names}", method)
+    raise fail(name, func, f"a method config ({classes}) or one of {names}", method)
 
 
 def method_label(config) -> str:
