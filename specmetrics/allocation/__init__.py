@@ -10,8 +10,9 @@ May import: the base files, :mod:`specmetrics.models`, :mod:`specmetrics.calibra
 :mod:`specmetrics.spectrum`.
 """
 from ..exceptions import DegenerateMetricWarning
+from .alphaprobe import AlphaProbeConfig
 from .api import allocate
-from .configs import AlphaPruningConfig, OWLConfig, UniformConfig
+from .configs import ALLOCATORS, AlphaPruningConfig, OWLConfig, UniformConfig
 from .owl import calibration_input_norms, owl_outlier_ratios
 from .result import AllocatedMatrix, Allocation
 from .variants import SEED003_TYPES, SEED003_VARIANTS, seed003_variant
@@ -23,6 +24,8 @@ __all__ = [
     "AlphaPruningConfig",
     "OWLConfig",
     "UniformConfig",
+    "AlphaProbeConfig",
+    "ALLOCATORS",
     "DegenerateMetricWarning",
     "calibration_input_norms",
     "owl_outlier_ratios",

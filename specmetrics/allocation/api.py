@@ -251,10 +251,20 @@ def _degenerate_units(unit_members, values, policy) -> tuple[dict[str, float], s
     return scores, bad, policy == "target"
 
 
-def _map_units(config, scores: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(base, slope) per unit: ratio = clip(base + t · slope) with t solved for the budget."""
-    base, slope = config.map_units(scores, depth=depth)
-    return np.asarray(base, dtype=np.float64), np.asarray(slope, dtype=np.float64)
+def _map_units(config, scores: np.ndarray, depth: np.ndarray, **context):
+    """(base, slope, chosen) per unit: ratio = clip(base + t · slope) with t solved for the
+    budget; ``chosen`` is what a self-tuning allocator recorded of its choice (else None).
+
+    ``context`` (unit names, unit weights, target, clip) is passed to allocators that accept it.
+    """
+    import inspect
+
+    accepted = inspect.signature(config.map_units).parameters
+    extra = {k: v for k, v in context.items() if k in accepted}
+    out = config.map_units(scores, depth=depth, **extra)
+    base, slope = out[0], out[1]
+    chosen = out[2] if len(out) > 2 else None
+    return np.asarray(base, dtype=np.float64), np.asarray(slope, dtype=np.float64), chosen
 
 
 def _unit_depth(members, unit_names, n_blocks: int) -> np.ndarray:
@@ -270,6 +280,7 @@ def _unit_depth(members, unit_names, n_blocks: int) -> np.ndarray:
 def _solve(rows: list[_Row], counts, unit_scores, held: set[str], degenerate: set[str], *,
            config, target, apply_to, budget, clip) -> list[AllocatedMatrix]:
     n_blocks = 1 + max((r.block[1] for r in rows if r.block is not None), default=0)
+    chosen: dict = {}
     applied = {r.name: (r.unit not in held) and type_in(r.mtype, apply_to) for r in rows}
     ratio = {r.name: float(target) for r in rows}
     relative = {r.name: float("nan") for r in rows}
@@ -281,8 +292,14 @@ def _solve(rows: list[_Row], counts, unit_scores, held: set[str], degenerate: se
         unit_names = list(dict.fromkeys(r.unit for r in members))
         scores = np.array([unit_scores[u] for u in unit_names], dtype=np.float64)
         depth = _unit_depth(members, unit_names, n_blocks)
-        base_u, slope_u = _map_units(config, scores, depth)
+        unit_weights = np.zeros(len(unit_names))
         index = {u: i for i, u in enumerate(unit_names)}
+        for r in members:
+            unit_weights[index[r.unit]] += counts[r.name]
+        base_u, slope_u, picked = _map_units(config, scores, depth, units=unit_names,
+                                             weights=unit_weights, target=target, clip=clip)
+        if picked is not None:
+            chosen[key] = picked
         base = np.array([base_u[index[r.unit]] for r in members])
         slope = np.array([slope_u[index[r.unit]] for r in members])
         weights = np.array([counts[r.name] for r in members], dtype=np.float64)
@@ -292,7 +309,7 @@ def _solve(rows: list[_Row], counts, unit_scores, held: set[str], degenerate: se
         for r, value, b, s in zip(members, solved, base, slope):
             ratio[r.name] = float(value)
             relative[r.name] = float(b if config.relative == "base" else s)
-    return [
+    return chosen, [
         AllocatedMatrix(
             name=r.name, n_params=counts[r.name], unit=r.unit,
             block=None if r.block is None else r.block[1], group=r.group, module_type=r.mtype,
@@ -497,15 +514,18 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
     else:
         unit_scores, degenerate, hold = _degenerate_units(unit_members, values, on_degenerate)
 
-    matrices = _solve(rows, counts, unit_scores, degenerate if hold else set(), degenerate,
+    chosen, matrices = _solve(rows, counts, unit_scores, degenerate if hold else set(), degenerate,
                       config=config, target=target, apply_to=apply_types, budget=budget,
                       clip=clip)
     if clip is None and any(not 0.0 <= m.ratio <= 1.0 for m in matrices):
         warnings.warn("some ratios fall outside [0, 1] (clip=None); pass clip=(lo, hi) to bound "
                       "them.", UserWarning, stacklevel=2)
 
+    method_settings = config_settings(config)
+    if chosen:
+        method_settings["chosen"] = chosen["all"] if list(chosen) == ["all"] else chosen
     settings = {
-        "method": config_settings(config),
+        "method": method_settings,
         "metric": metric_label,
         "units": units,
         "budget": budget,

@@ -202,9 +202,10 @@ def resolve_method(method, *, func: str = "allocate", name: str = "method"):
 
 
 def config_settings(config) -> dict[str, Any]:
-    """The JSON-able settings of a config (``calibration`` left out)."""
+    """The JSON-able settings of a config (data fields such as ``calibration`` or
+    ``sensitivity``, declared with ``compare=False``, left out)."""
     out: dict[str, Any] = {"name": config.name}
     for f in fields(config):
-        if f.name != "calibration":
+        if f.compare:
             out[f.name] = getattr(config, f.name)
     return out

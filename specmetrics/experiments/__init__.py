@@ -17,6 +17,7 @@ from .compare import (ComparisonResult, PruneRun, compare_allocations, method_co
                       prune_and_evaluate)
 from .demo import DEMO_MODELS, DemoResult, run_demo
 from .evaluate import PruningEvaluation, evaluate_pruned
+from .probe import BlockSensitivity, block_sensitivity, mean_nll
 
 __all__ = [
     "compare_allocations", "prune_and_evaluate", "ComparisonResult", "PruneRun",
@@ -25,4 +26,5 @@ __all__ = [
     "ActivationReport", "SWEEP_STYLES",
     "run_demo", "DemoResult", "DEMO_MODELS",
     "ablation", "AblationResult", "AblationCell", "SEED003_GRID",
+    "block_sensitivity", "BlockSensitivity", "mean_nll",
 ]

@@ -314,6 +314,24 @@ class _Inputs:
         self.model, self.spectrum, self.calib = model, spectrum, calib
         self.device, self.progress, self.func = device, progress, func
         self._norms = None
+        self._probes: dict = {}
+
+    def probe(self, config, target):
+        """The block-sensitivity probe of a self-checking allocator (alphaprobe), once per
+        set of ratios."""
+        from .probe import block_sensitivity
+
+        if self.calib is None:
+            raise fail("calibration", self.func, f"given for the {config.name!r} allocation "
+                       "(its probe measures the calibration loss)", None)
+        ratios = config.probe_ratios_for(target)
+        key = (ratios, config.probe_nsamples)
+        if key not in self._probes:
+            self._probes[key] = block_sensitivity(
+                self.model, None, self.calib, ratios, nsamples=min(config.probe_nsamples,
+                                                                   self.calib.nsamples),
+                progress=self.progress)
+        return self._probes[key]
 
     def spectra(self) -> SpectrumReport:
         if self.spectrum is None:
@@ -331,6 +349,8 @@ class _Inputs:
 
     def allocate(self, config, target, options) -> Allocation:
         needs = getattr(config, "inputs", "spectrum")
+        if getattr(config, "needs_probe", False) and config.sensitivity is None:
+            config = dataclasses.replace(config, sensitivity=self.probe(config, target))
         if needs == "activations":
             config = dataclasses.replace(config, calibration=self.norms())
             return allocate(self.model, target, method=config, **options)
@@ -605,7 +625,8 @@ def compare_allocations(model, tokenizer, *, targets=(0.5, 0.7),
         raise fail("calibration", func, "given for Wanda and SparseGPT (a text, a pathlib.Path of "
                    "a text file, a list of texts or a tensor of token ids)", None)
     for name, allocator in allocators:
-        if getattr(allocator, "inputs", None) in ("activations", "model") and calib is None:
+        if (getattr(allocator, "inputs", None) in ("activations", "model")
+                or getattr(allocator, "needs_probe", False)) and calib is None:
             raise fail("calibration", func, f"given for the {name!r} allocation (it is computed "
                        "from calibration activations)", None)
 

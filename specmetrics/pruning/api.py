@@ -13,6 +13,7 @@ from torch import nn
 from .._validation import (check_bool, check_device, check_interval, check_not_meta, fail,
                            is_real_number)
 from .._validation import shown as _shown
+from .._threads import map_single_threaded
 from ..calibration.runner import SequentialRunner
 from ..calibration.windows import calibration_set
 from ..exceptions import PruneError
@@ -287,6 +288,23 @@ def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=
         for step in steps:
             collect_errors()
             modified = False
+            todo = [name for name in step.modules if ratios[name] > 0.0]
+
+            def compute(name, step=step):
+                # one matrix's mask/update: a pure function of its weight and statistic, many
+                # small tensor operations (SparseGPT's columns): run in a worker thread with one
+                # intra-op thread, the block's matrices spread over the workers
+                t0 = time.perf_counter()
+                try:
+                    weight = weight_out_in(step.modules[name].module)
+                    stat = None if step.stats is None else step.stats[name]
+                    return config.prune_matrix(weight, stat, ratios[name]), \
+                        time.perf_counter() - t0, None
+                except BaseException as err:  # raised in order below: earlier matrices land
+                    return None, 0.0, err
+
+            workers = 1 if step.device.type != "cpu" else None
+            computed = dict(zip(todo, map_single_threaded(compute, todo, workers=workers)))
             for name, pm in step.modules.items():
                 ratio = ratios[name]
                 shape = (pm.out_features, pm.in_features)
@@ -296,10 +314,11 @@ def prune(model, sparsity, *, method=WandaConfig(), calibration=None, tokenizer=
                                          achieved=_zero_fraction(weight_out_in(pm.module)))
                     continue
                 current = name
-                t0 = time.perf_counter()
+                update, seconds, err = computed[name]
+                if err is not None:
+                    raise err
+                t0 = time.perf_counter() - seconds
                 weight = weight_out_in(pm.module)
-                stat = None if step.stats is None else step.stats[name]
-                update = config.prune_matrix(weight, stat, ratio)
                 new, extra = update.weight, dict(update.extras)
                 if measure_error and calib is not None:
                     last_meters[name] = _ErrorMeter(weight.float() - new.float(),

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...exceptions import DegenerateSpectrumWarning
+from ..._threads import map_single_threaded
 from ...models.matrices import WeightMatrix, list_weight_matrices, split_matrices
 from .. import metrics as M
 from ..eigen import eigenvalues, layer_eigenvalues
@@ -37,13 +36,13 @@ def layer_row(
         WeightWatcher's columns plus ``alpha_peak``, ``alpha_mid``, ``n_params``.
     """
     n, m, rf = w.n_m_rf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DegenerateSpectrumWarning)
-        fits = {
-            "alpha": fit_power_law(evals, xmin=xmin, clip_xmax=clip_xmax, distribution=distribution, warn=False),
-            "alpha_peak": fit_power_law(evals, xmin="peak", warn=False),
-            "alpha_mid": fit_power_law(evals, xmin="mid", warn=False),
-        }
+    # warn=False: no warning is raised here (thread-safe; the caller warns once for the report)
+    fits = {
+        "alpha": fit_power_law(evals, xmin=xmin, clip_xmax=clip_xmax, distribution=distribution,
+                               warn=False),
+        "alpha_peak": fit_power_law(evals, xmin="peak", warn=False),
+        "alpha_mid": fit_power_law(evals, xmin="mid", warn=False),
+    }
     main = fits["alpha"]
     row: dict[str, Any] = {
         "alpha": main.alpha,
@@ -91,26 +90,48 @@ def analyze(source: Any, opts: EsdOptions) -> SpectrumReport:
             todo.append(w)
         else:
             skipped[w.name] = reason
-    results: dict[str, LayerSpectrum] = {}
     position = {w.name: i for i, w in enumerate(todo)}
-    for w, ev in (
-        layer_eigenvalues(
-            todo, dtype=opts.dtype, device=opts.device, method=opts.method,
-            batch_bytes=opts.batch_bytes, progress=opts.progress,
-        )
-    ):
-        fits, row = layer_row(w, ev, xmin=opts.xmin, clip_xmax=opts.clip_xmax, distribution=opts.distribution)
+    # phase 1: the eigenvalues, in large batched operations (all intra-op threads)
+    spectra = []
+    for w, ev in layer_eigenvalues(todo, dtype=opts.dtype, device=opts.device,
+                                   method=opts.method, batch_bytes=opts.batch_bytes,
+                                   progress=opts.progress):
+        rand = None
+        if opts.randomize:
+            rand = _random_eigenvalues(w, seed=opts.seed + position[w.name], dtype=opts.dtype,
+                                       device=opts.device, method=opts.method)
+        spectra.append((w, ev, rand))
+
+    # phase 2: fits and metrics, many small operations per matrix: one intra-op thread per
+    # worker, the matrices spread over the workers (no OpenMP barrier to stall on a busy
+    # machine; see specmetrics._threads)
+    def measure(item) -> LayerSpectrum:
+        w, ev, rand = item
+        fits, row = layer_row(w, ev, xmin=opts.xmin, clip_xmax=opts.clip_xmax,
+                              distribution=opts.distribution)
         n, m, _ = w.n_m_rf
         if opts.mp_fit:
             row.update(M.mp_fit(ev, n, m))
-        if opts.randomize:
-            rand = _random_eigenvalues(
-                w, seed=opts.seed + position[w.name], dtype=opts.dtype, device=opts.device, method=opts.method
-            )
+        if rand is not None:
             row["rand_distance"] = M.rand_distance(ev, rand)
             row["max_rand_eval"] = float(rand.max())
             row["ww_softrank"] = float(rand.max() / ev.max())
-        results[w.name] = LayerSpectrum(w.name, w.kind, w.shape, w.n_params, ev, fits, row)
+        return LayerSpectrum(w.name, w.kind, w.shape, w.n_params, ev, fits, row)
+
+    bar = None
+    if opts.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(spectra), desc="fits", unit="matrix")
+    try:
+        # the truncated power law runs the `powerlaw` package, which is not thread-safe
+        workers = 1 if opts.distribution == "truncated_power_law" else None
+        layers = map_single_threaded(measure, spectra, workers=workers,
+                                     on_done=None if bar is None else (lambda _: bar.update()))
+    finally:
+        if bar is not None:
+            bar.close()
+    results = {layer.name: layer for layer in layers}
     warn_failed_fits(results)
     ordered = {w.name: results[w.name] for w in todo}
     return SpectrumReport(ordered, backend="torch", skipped=skipped, settings=opts.summary())
