@@ -14,8 +14,9 @@
 The perplexity sweep over styles and targets is a grid runner:
 :func:`specmetrics.experiments.activation_sparsity_sweep`.
 
-May import: the base files, :mod:`specmetrics.models`, :mod:`specmetrics.calibration` and
-:mod:`specmetrics.spectrum`. pandas and matplotlib are imported where used.
+May import: the base files, :mod:`specmetrics.models`, :mod:`specmetrics.calibration`,
+:mod:`specmetrics.spectrum` and :mod:`specmetrics.kernels` (torch only; triton at first use, by
+``sparsify_activations(..., backend="triton")``). pandas and matplotlib are imported where used.
 """
 from .sites import CATS_KINDS, SITE_KINDS, TEAL_KINDS, Site, find_sites
 from .capture import ActivationStats, SiteStats, activation_stats

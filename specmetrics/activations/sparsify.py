@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from .._validation import fail
+from ..calibration.text import model_tokenizer_text
 from ..models.naming import module_type
 from .sites import Site, find_sites
 
@@ -402,7 +403,8 @@ class SparsifyHandle:
 
 
 def sparsify_activations(model: nn.Module, thresholds, *,
-                         appliers: Optional[Mapping[str, SiteApplier]] = None) -> SparsifyHandle:
+                         appliers: Optional[Mapping[str, SiteApplier]] = None,
+                         backend: Optional[str] = None) -> SparsifyHandle:
     """Threshold activations at inference: zero ``|x| <= t`` at each site of ``thresholds``.
 
     Parameters
@@ -418,6 +420,12 @@ def sparsify_activations(model: nn.Module, thresholds, *,
     appliers : mapping of str to SiteApplier, optional
         Per site kind, the object that installs the computation (default: one
         :class:`TorchThreshold` for all kinds). The extension point for kernels.
+    backend : {None, "torch", "triton"}, default None
+        The applier of the site kinds ``appliers`` does not name: ``"torch"``:
+        :class:`TorchThreshold` (hooks, dense products); ``"triton"``:
+        :class:`~specmetrics.activations.triton_backend.TritonSparse` (the
+        :mod:`specmetrics.kernels` sparse GEMV and CATS MLP); ``None``: Triton when the model is
+        on a CUDA device and ``triton`` is installed, the torch reference otherwise.
 
     Returns
     -------
@@ -428,8 +436,11 @@ def sparsify_activations(model: nn.Module, thresholds, *,
     Raises
     ------
     ParameterError
-        For a site name the model does not have, a ``residual`` site, or a threshold that is
-        negative or not finite.
+        For a site name the model does not have, a ``residual`` site, a threshold that is
+        negative or not finite, or a backend other than None, "torch" and "triton"
+        (``"triton"`` on a CPU model also needs ``TRITON_INTERPRET=1``).
+    ImportError
+        ``backend="triton"`` where ``triton`` is not installed.
 
     Examples
     --------
@@ -442,8 +453,16 @@ def sparsify_activations(model: nn.Module, thresholds, *,
     func = "sparsify_activations"
     if not isinstance(model, nn.Module):
         raise fail("model", func, "a torch.nn.Module", type(model).__name__)
+    from .._validation import check_choice
+
+    backend = check_choice(backend, (None, "torch", "triton"), name="backend", func=func)
     sites, values = _resolve(model, thresholds, func)
-    default = TorchThreshold()
+    if backend == "torch":
+        default = TorchThreshold()
+    else:
+        from .triton_backend import default_applier
+
+        default = default_applier(model, backend, func)
     chosen: dict[str, Any] = {}
     given = dict(appliers or {})
     unknown = [k for k in given if k not in SPARSIFIABLE_KINDS]
@@ -475,8 +494,9 @@ def sparsify_activations(model: nn.Module, thresholds, *,
 # ----------------------------------------------------------------------------------------------
 # fitting thresholds on the activations they will see
 
-def sequential_thresholds(model: nn.Module, calibration, target, *, style: str = "teal",
-                          tokenizer=None, nsamples: int = 32, seqlen: Optional[int] = None,
+@model_tokenizer_text(old=("calibration", "target"), new=("calibration", "target"))
+def sequential_thresholds(model: nn.Module, tokenizer, calibration, target, *,
+                          style: str = "teal", nsamples: int = 32, seqlen: Optional[int] = None,
                           seed: int = 0, device=None, progress: bool = False):
     """Thresholds fitted site by site on the activations of the *already sparsified* model.
 
@@ -496,15 +516,15 @@ def sequential_thresholds(model: nn.Module, calibration, target, *, style: str =
     ----------
     model : nn.Module
         A Hugging Face transformer; left unchanged (hooks are removed before returning).
-    calibration : str, os.PathLike, list of str, torch.Tensor or CalibrationSet
-        As for :func:`~specmetrics.pruning.load_calibration`.
+    tokenizer : callable or None
+        Required for text.
+    calibration : str, pathlib.Path, list of str, torch.Tensor or CalibrationSet
+        The one text rule, as for :func:`~specmetrics.calibration.load_calibration`.
     target : float or mapping of str to float
         One sparsity in [0, 1) for every site of the style, or ``{site name: sparsity}``
         (e.g. from :func:`~specmetrics.activations.greedy.teal_greedy_targets`).
     style : {"teal", "cats"}, default "teal"
         The sites: ``qkv``, ``o``, ``gate_up``, ``down`` (TEAL) or ``silu_gate`` (CATS).
-    tokenizer : callable, optional
-        Required for text.
     nsamples : int, default 32
     seqlen : int, optional
         Default: the model's maximum positions, at most 2048.
@@ -535,7 +555,7 @@ def sequential_thresholds(model: nn.Module, calibration, target, *, style: str =
     func = "sequential_thresholds"
     check_choice(style, tuple(STYLES), name="style", func=func)
     kinds = STYLES[style]
-    eligible = find_sites(model, kinds=kinds, func=func)
+    eligible = find_sites(model, sites=kinds, func=func)
     if isinstance(target, Mapping):
         targets = {}
         for name, value in target.items():

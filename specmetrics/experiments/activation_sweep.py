@@ -353,7 +353,7 @@ def activation_sparsity_sweep(model: nn.Module, tokenizer, calibration, eval_tex
         if fit == "dense":
             thresholds = activation_thresholds(stats, goal, style=kind)
         else:
-            thresholds = sequential_thresholds(model, calib, goal, style=kind, nsamples=nsamples,
+            thresholds = sequential_thresholds(model, None, calib, goal, style=kind, nsamples=nsamples,
                                                seqlen=seqlen, seed=seed, device=device)
         with sparsify_activations(model, thresholds) as handle:
             ppl = score()

@@ -262,7 +262,7 @@ def test_bad_thresholds_raise_parameter_error():
 def test_sequential_thresholds_realise_the_target_on_the_calibration_tokens():
     model = build("llama")
     calib = token_windows(4, 32, seed=1)
-    thr = sequential_thresholds(model, calib, 0.4, style="teal", nsamples=4, seqlen=32)
+    thr = sequential_thresholds(model, None, calib, 0.4, style="teal", nsamples=4, seqlen=32)
     assert thr.style == "teal" and thr.settings["fit"] == "sequential"
     assert {s.kind for s in thr.sites.values()} == {"qkv", "o", "gate_up", "down"}
     with sparsify_activations(model, thr) as handle:
@@ -271,11 +271,11 @@ def test_sequential_thresholds_realise_the_target_on_the_calibration_tokens():
     for name, value in handle.realised().items():
         # exact quantiles of the very values seen: ceil(0.4 n) of n values, ties aside
         assert value == pytest.approx(0.4, abs=2e-3), name
-    cats = sequential_thresholds(model, calib, {"model.layers.1.silu_gate": 0.7}, style="cats",
+    cats = sequential_thresholds(model, None, calib, {"model.layers.1.silu_gate": 0.7}, style="cats",
                                  nsamples=4, seqlen=32)
     assert list(cats) == ["model.layers.1.silu_gate"]
     with pytest.raises(ParameterError, match="'target'"):
-        sequential_thresholds(model, calib, {"model.layers.1.qkv": 0.7}, style="cats",
+        sequential_thresholds(model, None, calib, {"model.layers.1.qkv": 0.7}, style="cats",
                               nsamples=4, seqlen=32)
 
 
@@ -305,7 +305,7 @@ def test_realised_sparsity_on_held_out_tokens_is_within_two_points(tiny_llama, s
     """Fit on WikiText-2 valid, count at inference on test: every site within ±2 points."""
     model, valid, test = tiny_llama
     target = 0.5
-    thr = sequential_thresholds(model, valid, target, style=style, nsamples=8, seqlen=256)
+    thr = sequential_thresholds(model, None, valid, target, style=style, nsamples=8, seqlen=256)
     test_ids = test[: 6 * 256].reshape(6, 256)  # the first 6 perplexity windows
     with sparsify_activations(model, thr) as handle:
         logits(model, test_ids)
