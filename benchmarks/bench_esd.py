@@ -177,7 +177,7 @@ def warm_up(with_ww: bool) -> None:
 
 def profile(source, *, dtype, device="cpu") -> list[tuple[str, float]]:
     """Seconds spent in each phase of ``esd()``, timed with the engine's own functions."""
-    from specmetrics import metrics as M
+    from specmetrics.spectrum import metrics as M
     from specmetrics.models import list_weight_matrices, split_matrices
     from specmetrics.spectrum.powerlaw import fit_power_law
     from specmetrics.spectrum.backends.base import skip_reason as _skip_reason
