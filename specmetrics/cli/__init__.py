@@ -1,4 +1,5 @@
-"""Command-line front end: ``specmetrics esd | allocate | prune | activations | demo``.
+"""Command-line front end: ``specmetrics esd | demo | allocate | prune | ablate | activations |
+sparse-coding | hessian | circuits``.
 
 One module per command beside its handler (:mod:`~specmetrics.cli.esd`, ...); each parses its
 options, checks their values before any model is loaded, calls the public API or an experiment,
@@ -27,13 +28,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import ablate, activations, allocate, demo, esd, prune
+from . import ablate, activations, allocate, circuits, demo, esd, prune
 from .common import report_error, status
 
 __all__ = ["main", "build_parser"]
 
 PROG = "specmetrics"
-COMMANDS = (esd, demo, allocate, prune, ablate, activations)
+COMMANDS = (esd, demo, allocate, prune, ablate, activations, circuits)
 
 
 class _Parser(argparse.ArgumentParser):
