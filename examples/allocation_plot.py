@@ -42,10 +42,10 @@ def main() -> None:
     print(alloc.to_frame()[["score", "relative", "ratio"]].to_string(float_format="%.4f"))
     if args.json is not None:
         alloc.to_json(args.json)
-    fig = alloc.plot(title=f"tiny-llama-wt: AlphaPruning (alpha_peak, ε = {args.epsilon:g}), "
-                           f"target {args.target:g}, achieved {alloc.achieved:.6f}")
+    ax = alloc.plot(title=f"tiny-llama-wt: AlphaPruning (alpha_peak, ε = {args.epsilon:g}), "
+                          f"target {args.target:g}, achieved {alloc.achieved:.6f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    ax.figure.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
 
 
