@@ -13,6 +13,7 @@ from ..exceptions import CholeskyError, PruneError
 from .api import prune
 from .base import MatrixUpdate, PruningMethod
 from .configs import MagnitudeConfig, SparseGPTConfig, WandaConfig, parse_pattern
+from .dsnot import DSnoTConfig, DSnoTStats, dsnot_mask
 from .magnitude import magnitude_mask
 from .masks import apply_mask, matrix_threshold_mask, nm_mask, row_topk_mask, spread_counts
 from .registry import METHODS, method_label, method_names, register, resolve_method
@@ -27,6 +28,7 @@ __all__ = [
     "MagnitudeConfig", "WandaConfig", "SparseGPTConfig", "parse_pattern",
     "row_topk_mask", "nm_mask", "matrix_threshold_mask", "apply_mask", "spread_counts",
     "magnitude_mask", "wanda_scores", "wanda_mask", "sparsegpt_prune", "SparseGPTResult",
+    "DSnoTConfig", "DSnoTStats", "dsnot_mask",
 ]
 
 
