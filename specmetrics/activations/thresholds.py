@@ -87,7 +87,7 @@ def _kth(values: torch.Tensor, s: float) -> float:
 
 
 def abs_threshold(x, s: float) -> float:
-    """The magnitude threshold that zeroes a fraction ``s`` of ``x``: the ``s``-quantile of |x|.
+    """The magnitude threshold that zeroes a fraction ``s`` of ``x``: the ``s``-quantile of ``|x|``.
 
     Parameters
     ----------

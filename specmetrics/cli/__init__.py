@@ -28,13 +28,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import ablate, activations, allocate, circuits, demo, esd, prune
+from . import ablate, activations, allocate, circuits, demo, esd, hessian, prune, sparse_coding
 from .common import report_error, status
 
 __all__ = ["main", "build_parser"]
 
 PROG = "specmetrics"
-COMMANDS = (esd, demo, allocate, prune, ablate, activations, circuits)
+COMMANDS = (esd, demo, allocate, prune, ablate, activations, sparse_coding, hessian, circuits)
 
 
 class _Parser(argparse.ArgumentParser):
