@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "WandaConfig": "pruning",
     "SparseGPTConfig": "pruning",
     "MagnitudeConfig": "pruning",
+    "RIAConfig": "pruning",
     # the main job
     "compare_allocations": "experiments",
     "ComparisonResult": "experiments",

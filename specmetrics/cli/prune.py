@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
                    help="sparsity pattern: unstructured (default) or N:M, e.g. 2:4")
     add_allocation_options(p, default="uniform")
     p.add_argument("--calibration", metavar="FILE",
-                   help="calibration text file (required by wanda and sparsegpt)")
+                   help="calibration text file (required by wanda, sparsegpt, ria and dsnot)")
     p.add_argument("--eval-text", metavar="FILE",
                    help="held-out text: perplexity (causal LM) or embedding fidelity over its "
                         "paragraphs (encoder)")

@@ -18,6 +18,7 @@ from .magnitude import magnitude_mask
 from .masks import apply_mask, matrix_threshold_mask, nm_mask, row_topk_mask, spread_counts
 from .registry import METHODS, method_label, method_names, register, resolve_method
 from .report import ModulePruneResult, PruneReport
+from .ria import RIAConfig, ria_mask, ria_scores
 from .sparsegpt import SparseGPTResult, sparsegpt_prune
 from .wanda import wanda_mask, wanda_scores
 
@@ -29,6 +30,7 @@ __all__ = [
     "row_topk_mask", "nm_mask", "matrix_threshold_mask", "apply_mask", "spread_counts",
     "magnitude_mask", "wanda_scores", "wanda_mask", "sparsegpt_prune", "SparseGPTResult",
     "DSnoTConfig", "DSnoTStats", "dsnot_mask",
+    "RIAConfig", "ria_scores", "ria_mask",
 ]
 
 

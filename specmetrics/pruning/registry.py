@@ -35,6 +35,10 @@ from .dsnot import DSnoTConfig  # noqa: E402  (reads METHODS lazily, no import c
 
 register(DSnoTConfig)
 
+from .ria import RIAConfig  # noqa: E402
+
+register(RIAConfig)
+
 
 def method_names() -> tuple[str, ...]:
     """The registered method names, e.g. ``("magnitude", "wanda", "sparsegpt", ...)``."""
