@@ -51,6 +51,8 @@ _EXPORTS: dict[str, str] = {
     "AlphaPruningConfig": "allocation",
     "OWLConfig": "allocation",
     "UniformConfig": "allocation",
+    "DLPConfig": "allocation",
+    "ATPConfig": "allocation",
     # evaluation
     "perplexity": "evaluation",
     "zero_shot": "evaluation",

@@ -19,6 +19,7 @@ from ..models.naming import (FUSED_TYPES, MODULE_TYPES, block_of, module_group, 
 from ..spectrum.results import SpectrumReport
 from .configs import (AlphaPruningConfig, config_settings,
                       resolve_method)
+from .farms_metric import FarmsMetric, check_metric, resolve_farms_metric
 from .mapping import solve_budget
 from .result import AllocatedMatrix, Allocation
 
@@ -92,6 +93,8 @@ def _score(value, name: str) -> float:
 def _metric_label(metric) -> str:
     if isinstance(metric, str):
         return metric
+    if isinstance(metric, FarmsMetric):
+        return metric.label
     return getattr(metric, "__qualname__", None) or getattr(metric, "__name__", repr(metric))
 
 
@@ -151,6 +154,14 @@ def _from_report(report, metric, include, exclude, n_params, need_metric: bool):
     counts = _counts(names, n_params, {n: report[n].n_params for n in names})
     if not need_metric:
         return names, counts, dict.fromkeys(names, float("nan"))
+    farms = resolve_farms_metric(metric)
+    if farms is not None:
+        label = farms.label
+        if isinstance(metric, FarmsMetric) or not any(label in report[n].metrics for n in names
+                                                      if n in report):
+            raise fail("metric", _FUNC, f"a column of the spectrum report ({label!r} is computed "
+                       "from the weights: pass the model or its weights as the source)", label)
+        metric = label
     return names, counts, _metric_values(report, names, metric)
 
 
@@ -191,6 +202,9 @@ def _from_weights(source, metric, include, exclude, n_params, need_metric, esd_o
     counts = _counts(names, n_params, {n: matrices[n].n_params for n in names})
     if not need_metric or not names:
         return names, counts, dict.fromkeys(names, float("nan"))
+    farms = resolve_farms_metric(metric)
+    if farms is not None:  # FARMS alphas from the weights, only when asked for (no esd)
+        return names, counts, farms.values(matrices[n] for n in names)
     from ..spectrum.api import esd
 
     options = dict(esd_options or {})
@@ -255,7 +269,8 @@ def _map_units(config, scores: np.ndarray, depth: np.ndarray, **context):
     """(base, slope, chosen) per unit: ratio = clip(base + t · slope) with t solved for the
     budget; ``chosen`` is what a self-tuning allocator recorded of its choice (else None).
 
-    ``context`` (unit names, unit weights, target, clip) is passed to allocators that accept it.
+    ``context`` (unit names, unit weights, target, clip, number of blocks) is passed to
+    allocators that accept it.
     """
     import inspect
 
@@ -297,7 +312,8 @@ def _solve(rows: list[_Row], counts, unit_scores, held: set[str], degenerate: se
         for r in members:
             unit_weights[index[r.unit]] += counts[r.name]
         base_u, slope_u, picked = _map_units(config, scores, depth, units=unit_names,
-                                             weights=unit_weights, target=target, clip=clip)
+                                             weights=unit_weights, target=target, clip=clip,
+                                             n_blocks=n_blocks)
         if picked is not None:
             chosen[key] = picked
         base = np.array([base_u[index[r.unit]] for r in members])
@@ -346,14 +362,20 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
     target : float, default 0.5
         Parameter-weighted mean sparsity, in [0, 1).
     method : allocator config or str, default AlphaPruningConfig()
-        The mapping from scores to ratios; ``"alphapruning"``, ``"owl"`` and ``"uniform"`` mean
-        the default config of each. OWL needs an ``nn.Module`` source and
-        ``OWLConfig(calibration=...)``, or precomputed outlier ratios as a scores mapping.
-    metric : str or callable, default "alpha_peak"
+        The mapping from scores to ratios; ``"alphapruning"``, ``"owl"``, ``"dlp"``, ``"atp"``
+        and ``"uniform"`` mean the default config of each (see
+        :data:`~specmetrics.allocation.ALLOCATORS`). OWL and DLP need an ``nn.Module`` source
+        and ``calibration=...`` in their config, or precomputed scores as a scores mapping; ATP
+        needs ``ATPConfig(step=...)``.
+    metric : str, callable or FarmsMetric, default "alpha_peak"
         Per-matrix metric: a column of the spectrum report (``"alpha_peak"`` as AlphaPruning,
         ``"alpha"`` as WeightWatcher, ``"alpha_mid"``, ``"alpha_weighted"``, ``"stable_rank"``,
-        ``"entropy"``, ...) or a callable ``f(LayerSpectrum) -> float``. For a scores mapping it
-        is only the label shown in tables and plots. Not used by OWL (outlier ratios) and uniform.
+        ``"entropy"``, ...) or a callable ``f(LayerSpectrum) -> float``; or
+        ``"alpha_peak_farms"`` (a :class:`~specmetrics.allocation.FarmsMetric` for other
+        options): the FARMS alpha of each matrix, computed from the weights instead of
+        :func:`~specmetrics.esd` (a model or weights source; ``esd_options`` do not apply). For
+        a scores mapping it is only the label shown in tables and plots. Not used by OWL, DLP
+        (activation scores), ATP and uniform.
     units : {"block", "matrix", "split"}, default "block"
         ``"block"``: one unit per repeated block (decoder or encoder layer), scored by the mean
         metric of its matrices (AlphaPruning's block-wise mode); ``"matrix"``: every matrix its own
@@ -418,12 +440,17 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
     exactly as its ``ww_sparsity``. With clipping, ``η`` is solved on the clipped ratios.
     OWL [2]_: ``s_l = c - 2λ u_l`` with ``u_l`` the min-max normalised outlier ratio and ``c``
     solved for the target (for blocks of equal size, OWL's own formula).
+    DLP [3]_: ``s_l = c - 2α u_l`` with ``u_l`` the min-max normalised ``1 - U_l / Σ U``,
+    ``U_l`` the median Wanda score of block ``l``. ATP [4]_: ``s_l = c + β l``.
 
     References
     ----------
     .. [1] H. Lu et al., "AlphaPruning: Using Heavy-Tailed Self Regularization Theory for
        Improved Layer-wise Pruning of Large Language Models", NeurIPS 2024.
     .. [2] L. Yin et al., "Outlier Weighed Layerwise Sparsity (OWL)", ICML 2024.
+    .. [3] Y. Chen et al., "DLP: Dynamic Layerwise Pruning in Large Language Models", ICML 2025.
+    .. [4] W. Huang et al., "Determining Layer-wise Sparsity for Large Language Models Through a
+       Theoretical Perspective" (ATP), ICML 2025.
 
     Examples
     --------
@@ -448,8 +475,7 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
     if score_types is not None and units == "matrix":
         raise fail("score_from", _FUNC, "None when units='matrix' (each matrix is scored by its "
                    "own metric)", score_from)
-    if not (isinstance(metric, str) or callable(metric)):
-        raise fail("metric", _FUNC, "a column name or a callable", metric)
+    check_metric(metric, _FUNC)
     if n_params is not None and not isinstance(n_params, Mapping):
         raise fail("n_params", _FUNC, "None or a mapping {module name: parameter count}",
                    type(n_params).__name__)
@@ -534,6 +560,9 @@ def allocate(source, target=0.5, *, method=AlphaPruningConfig(), metric="alpha_p
         "apply_to": _ordered(apply_types),
         "on_degenerate": on_degenerate,
     }
+    farms = resolve_farms_metric(metric)
+    if farms is not None and need_metric and not (is_scores or is_report):
+        settings["metric_options"] = farms.settings()  # FARMS computed here, with these options
     alloc = Allocation(matrices=tuple(matrices), target=target, settings=settings)
     logger.info("allocated %d matrices in %d units: target %.6g, achieved %.12g",
                 len(matrices), len(unit_members), target, alloc.achieved)

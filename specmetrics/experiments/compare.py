@@ -32,6 +32,7 @@ from .._results import KeyedResult, jsonable
 from .._validation import check_bool, check_device, check_interval, fail
 from ..allocation import Allocation, allocate
 from ..allocation.configs import ALLOCATORS, UniformConfig, resolve_method as resolve_allocator
+from ..allocation.farms_metric import resolve_farms_metric
 from ..allocation.owl import calibration_input_norms
 from ..calibration.windows import calibration_set
 from ..models.blocks import find_blocks
@@ -315,6 +316,7 @@ class _Inputs:
         self.device, self.progress, self.func = device, progress, func
         self._norms = None
         self._probes: dict = {}
+        self._farms: dict = {}
 
     def probe(self, config, target):
         """The block-sensitivity probe of a self-checking allocator (alphaprobe), once per
@@ -347,10 +349,44 @@ class _Inputs:
                                                   progress=self.progress)
         return self._norms
 
+    def allocate_farms(self, config, target, options) -> Allocation:
+        """A spectral allocation on FARMS alphas, computed from the weights once per grid
+        (the later targets reuse them as a scores mapping)."""
+        farms = resolve_farms_metric(options["metric"])
+        if farms not in self._farms:
+            alloc = allocate(self.model, target, method=config, **options)
+            self._farms[farms] = ({m.name: m.metric for m in alloc.matrices},
+                                  {m.name: m.n_params for m in alloc.matrices},
+                                  alloc.settings.get("metric_options"))
+            return alloc
+        values, counts, recorded = self._farms[farms]
+        alloc = allocate(values, target, method=config, n_params=counts,
+                         **{**options, "metric": farms.label})
+        return Allocation(matrices=alloc.matrices, target=alloc.target,
+                          settings={**alloc.settings, "metric_options": recorded})
+
+    def search(self, config, target, options):
+        """ATP's step chosen by :func:`~specmetrics.experiments.atp_search` on the grid's
+        calibration windows."""
+        from .atp_search import atp_search
+
+        if self.calib is None:
+            raise fail("calibration", self.func, f"given for the {config.name!r} allocation "
+                       "(its step is chosen by the calibration loss)", None)
+        return atp_search(self.model, None, self.calib, target, config=config,
+                          allocate_options=options, device=self.device,
+                          progress=self.progress).config
+
     def allocate(self, config, target, options) -> Allocation:
         needs = getattr(config, "inputs", "spectrum")
         if getattr(config, "needs_probe", False) and config.sensitivity is None:
             config = dataclasses.replace(config, sensitivity=self.probe(config, target))
+        if getattr(config, "needs_search", False) and config.step is None:
+            config = self.search(config, target, options)
+        if needs == "spectrum" and resolve_farms_metric(options.get("metric")) is not None:
+            return self.allocate_farms(config, target, options)
+        if needs is None:  # no scores (a depth trend): no spectra to compute
+            return allocate(self.model, target, method=config, **options)
         if needs == "activations":
             config = dataclasses.replace(config, calibration=self.norms())
             return allocate(self.model, target, method=config, **options)
@@ -626,7 +662,9 @@ def compare_allocations(model, tokenizer, *, targets=(0.5, 0.7),
                    "a text file, a list of texts or a tensor of token ids)", None)
     for name, allocator in allocators:
         if (getattr(allocator, "inputs", None) in ("activations", "model")
-                or getattr(allocator, "needs_probe", False)) and calib is None:
+                or getattr(allocator, "needs_probe", False)
+                or (getattr(allocator, "needs_search", False) and allocator.step is None)) \
+                and calib is None:
             raise fail("calibration", func, f"given for the {name!r} allocation (it is computed "
                        "from calibration activations)", None)
 
