@@ -243,7 +243,7 @@ def solve_budget(base, slope, weights, target: float, *, clip=None) -> tuple[np.
     total = w.sum()
     goal = target * total
     moving = k > 0
-    tol = 1e-12 * max(1.0, abs(goal))
+    tol = 1e-12 * max(1.0, abs(goal), float(total))  # 1e-12 in units of the mean ratio
 
     if clip is None:
         fixed = float(np.dot(w[~moving], b[~moving]))
