@@ -21,6 +21,9 @@ def add_allocation_options(p: argparse.ArgumentParser, *, default: str) -> None:
     p.add_argument("--epsilon", type=float, default=None,
                    help="AlphaPruning half-width of the ratio band, in [0, 1] (library default "
                         "0.2)")
+    p.add_argument("--step", type=float, default=None,
+                   help="ATP: the increase of the sparsity per block (required with --allocation "
+                        "atp here; compare_allocations searches it on the calibration loss)")
     p.add_argument("--metric", default=None,
                    help="per-matrix metric of a spectral allocation: a column of the esd table "
                         "(library default alpha_peak)")
@@ -44,6 +47,14 @@ def allocation_from_args(args, func: str):
         if not isinstance(config, AlphaPruningConfig):
             raise _usage(f"--epsilon applies to --allocation alphapruning only")
         config = dataclasses.replace(config, epsilon=args.epsilon)
+    step = getattr(args, "step", None)
+    if step is not None:
+        if name != "atp":
+            raise _usage("--step applies to --allocation atp only")
+        config = dataclasses.replace(config, step=step)
+    elif name == "atp":
+        raise _usage("--allocation atp needs --step (e.g. --step 0.01; the Python "
+                     "compare_allocations searches it on the calibration loss)")
     options = {}
     spectral = getattr(config, "inputs", None) == "spectrum"
     for flag in ("metric", "units"):
@@ -149,8 +160,8 @@ def run(args) -> int:
     if getattr(config, "inputs", None) == "activations":
         from .common import CommandError
 
-        raise CommandError("--allocation owl needs calibration text: use `specmetrics prune` "
-                           "(or the Python API) for OWL", code=2)
+        raise CommandError(f"--allocation {config.name} needs calibration text: use `specmetrics "
+                           f"prune` (or the Python API) for {config.name}", code=2)
     from ..models.matrices import name_filter
 
     name_filter(args.include, args.exclude, func=func)
