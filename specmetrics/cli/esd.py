@@ -44,6 +44,13 @@ def add_parser(sub) -> None:
     p.add_argument("--randomize", action="store_true",
                    help="add rand_distance and ww_softrank from element-shuffled copies")
     p.add_argument("--seed", type=int, default=0, help="seed of --randomize (default 0)")
+    p.add_argument("--batch-bytes", type=int, default=1 << 28, metavar="BYTES",
+                   help="memory budget of one batched eigen-decomposition (weights and Gram "
+                        "matrices; default 268435456 = 256 MiB)")
+    p.add_argument("--distributed", action="store_true",
+                   help="share the matrices among the ranks of torch.distributed: run as "
+                        "'torchrun --nproc-per-node N -m specmetrics esd SOURCE --distributed'; "
+                        "rank 0 prints and writes the outputs")
     p.add_argument("--out", metavar="FILE", help="write the full table to FILE (.csv or .json)")
     p.add_argument("--plot", metavar="DIR",
                    help="write the alpha-by-layer plot and one ESD plot per matrix (PNG) to DIR")
@@ -69,6 +76,8 @@ def print_esd(report, *, mp_fit: bool = False, randomize: bool = False) -> None:
 
 
 def run(args) -> int:
+    import os
+
     import specmetrics
 
     out = check_out(args.out, (".csv", ".json"))
@@ -76,8 +85,11 @@ def run(args) -> int:
     report = specmetrics.esd(
         source, backend=args.backend, dtype=dtype_of(args.dtype), device=args.device,
         include=args.include, exclude=args.exclude, mp_fit=args.mp_fit, randomize=args.randomize,
-        seed=args.seed, progress=True,
+        seed=args.seed, batch_bytes=args.batch_bytes, progress=True,
+        distributed=args.distributed,
     )
+    if args.distributed and os.environ.get("RANK", "0") != "0":
+        return 0  # every rank holds the report; rank 0 prints and writes it
     print_esd(report, mp_fit=args.mp_fit, randomize=args.randomize)
     if out is not None:
         write_frame(report.to_frame(), out)

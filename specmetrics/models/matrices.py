@@ -22,8 +22,13 @@ a path to a ``.safetensors`` file, or a folder of shards
     instantiated on the ``meta`` device only to read that order); without a config, in natural
     name order (``layers.2`` before ``layers.10``).
 a ``.gguf`` file, or a folder holding one
-    Dequantised by transformers' GGUF loader (``gguf`` package), cached as safetensors (see
-    :func:`specmetrics.models.load_model`), then read as above.
+    Memory-mapped with ``gguf.GGUFReader`` and each tensor dequantised only when its matrix is
+    loaded (``gguf.dequantize`` and transformers' tensor processor for the architecture, e.g.
+    LLaMA's q/k rows un-permuted), named by transformers' GGUF-to-Hugging-Face key map, in the
+    module order of the model the metadata describes (architectures whose transformers tensor
+    processor maps one tensor to one weight: LLaMA, Mistral, Qwen2/3, Phi-3...). Others
+    (MoE experts, GPT-2's fused QKV) are dequantised whole by transformers' GGUF loader, cached as
+    safetensors (see :func:`specmetrics.models.load_model`), then read as above.
 a folder or hub id without safetensors
     Loaded with :func:`specmetrics.models.load_model` (transformers).
 a hub id
@@ -43,6 +48,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from .._validation import fail
@@ -275,7 +281,7 @@ def _config_order(folder: Path, config: Optional[dict]) -> Optional[dict[str, in
         import logging
 
         from .loading import auto_model_class
-        from transformers import AutoConfig
+        from transformers import CONFIG_MAPPING
 
         hf_logger = logging.getLogger("transformers")
         level = hf_logger.level
@@ -335,6 +341,74 @@ def _from_safetensors(files: Sequence[Path], func: str) -> Iterator[WeightMatrix
         yield WeightMatrix(name, _key_kind(name, len(shape)), shape, n, load)
 
 
+def _from_gguf(path: Path, func: str) -> Optional[list[WeightMatrix]]:
+    """The weight matrices of a GGUF file, each dequantised only when loaded; ``None`` when
+    this architecture (or this transformers version) is not supported by the streaming reader.
+
+    The file is memory-mapped by ``gguf.GGUFReader``; the names are the Hugging Face keys that
+    transformers' GGUF loader maps the GGUF tensors to, the values what it loads (``gguf``'s
+    ``dequantize`` and the architecture's tensor processor, e.g. LLaMA's un-permuted q/k rows),
+    in the module order of the model the GGUF metadata describes (built on the meta device).
+    """
+    try:
+        import gguf
+        from transformers import CONFIG_MAPPING
+        from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
+                                                              get_gguf_hf_weights_map,
+                                                              load_gguf_checkpoint, read_field)
+        from .loading import auto_model_class
+    except ImportError:
+        return None
+    import logging
+
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        reader = gguf.GGUFReader(str(path))
+        arch = str(read_field(reader, "general.architecture")[0])
+        processor_class = TENSOR_PROCESSORS.get(arch, TensorProcessor)
+        # one GGUF tensor -> one weight, at most rows permuted (LLaMA's q/k); architectures whose
+        # processor splits, merges or transposes tensors (MoE experts, GPT-2's fused QKV) are
+        # left to transformers' own loader
+        if processor_class not in (TensorProcessor, TENSOR_PROCESSORS.get("llama")):
+            return None
+        parsed = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+        processor = processor_class(config=parsed)
+        # what AutoConfig.from_pretrained(folder, gguf_file=...) builds, without parsing the
+        # metadata (tokenizer included) a third time
+        config = CONFIG_MAPPING[parsed["model_type"]].from_dict(dict(parsed))
+        with torch.device("meta"):
+            model = auto_model_class(config).from_config(config)
+        mapping = get_gguf_hf_weights_map(model, processor)
+    except Exception:  # an architecture transformers cannot map: the dequantised cache decides
+        return None
+    finally:
+        hf_logger.setLevel(level)
+    order = {k: i for i, (k, _) in enumerate(model.named_parameters(remove_duplicate=False))}
+    found = []
+    for tensor in reader.tensors:
+        key = mapping.get(tensor.name)
+        if key is None or not key.endswith(".weight") or len(tensor.shape) < 2:
+            continue
+        shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dims fastest first
+
+        def load(tensor=tensor, shape=shape) -> torch.Tensor:
+            values = gguf.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+            values = processor.process(weights=values, name=tensor.name).weights
+            # a copy: unquantised tensors come back as read-only views of the memory map
+            return torch.from_numpy(np.array(values, copy=True, order="C"))
+
+        name = _strip_weight(key)
+        n = 1
+        for d in shape:
+            n *= d
+        found.append((order.get(key, len(order)), natural_key(key),
+                      WeightMatrix(name, _key_kind(name, len(shape)), shape, n, load)))
+    found.sort(key=lambda item: item[:2])
+    return [w for _, _, w in found]
+
+
 def _iter_path(path: Path, func: str) -> Iterator[WeightMatrix]:
     files = safetensors_files(path)
     if files:
@@ -342,6 +416,10 @@ def _iter_path(path: Path, func: str) -> Iterator[WeightMatrix]:
         return
     gguf = gguf_file(path)
     if gguf is not None:
+        streamed = _from_gguf(gguf, func)
+        if streamed is not None:
+            yield from streamed
+            return
         from .loading import gguf_safetensors
 
         folder = gguf_safetensors(gguf, func=func)

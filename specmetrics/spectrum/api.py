@@ -6,10 +6,11 @@ from typing import Any, Optional
 import torch
 
 from .._validation import (check_bool, check_choice, check_device, check_float_dtype,
-                           check_not_meta, check_positive_int, check_seed)
+                           check_not_meta, check_positive_int, check_seed, fail)
 from ..models.matrices import Pattern, name_filter
 from .backends import BACKENDS
 from .backends.base import EsdOptions
+from .distributed import check_distributed
 from .powerlaw import check_xmin
 from .results import SpectrumReport
 
@@ -36,6 +37,7 @@ def esd(
     max_n: int = 50000,
     batch_bytes: int = 1 << 28,
     progress: bool = False,
+    distributed: bool = False,
 ) -> SpectrumReport:
     """Heavy-tailed ESD metrics of every weight matrix of ``source``.
 
@@ -76,9 +78,21 @@ def esd(
         Skip matrices with ``M * rf < min_evals`` or ``> max_evals``, or with
         ``N > max_n`` (WeightWatcher 0.7.7's defaults 8, 15000, 50000).
     batch_bytes : int, default 256 MiB
-        Upper bound on the weights stacked into one batched eigen-decomposition.
+        Memory budget of one batched eigen-decomposition: matrices of equal shape are stacked
+        while their weights and Gram matrices in ``dtype`` fit in it (a larger matrix is a batch
+        of its own). Weights are read one matrix at a time into the batch (a safetensors source
+        is memory-mapped) and every buffer of a batch is freed before the next is read, so peak
+        memory is about ``batch_bytes`` plus one matrix as stored plus the ``eigvalsh`` copy of
+        the Gram matrices (measured: ``benchmarks/RESULTS-streaming.md``). On a GPU, raise it
+        (e.g. ``8 << 30``) for larger batches.
     progress : bool, default False
-        Show a progress bar.
+        Show a progress bar (on rank 0 only when ``distributed``).
+    distributed : bool, default False
+        Share the matrices among the ranks of ``torch.distributed`` (run under ``torchrun``, or
+        after ``init_process_group``): each rank lists ``source`` itself, computes a share
+        balanced by cost, and **every rank returns the same full report**, equal to the
+        single-process one. Ranks that see different matrices raise ``ParameterError``. See
+        :mod:`specmetrics.spectrum.distributed`. The ``"torch"`` backend only.
 
     Returns
     -------
@@ -110,7 +124,12 @@ def esd(
     xmin = check_xmin(xmin, func=func)
     flags = {label: check_bool(value, name=label, func=func) for label, value in
              (("clip_xmax", clip_xmax), ("mp_fit", mp_fit), ("randomize", randomize),
-              ("progress", progress))}
+              ("progress", progress), ("distributed", distributed))}
+    if flags["distributed"]:
+        if backend != "torch":
+            raise fail("distributed", func, "False with backend='weightwatcher' (only the torch "
+                       "backend shards matrices across ranks)", distributed)
+        check_distributed(func=func)
     name_filter(include, exclude, func=func)  # reject bad patterns before any work
     check_not_meta(source, name="source", func=func)
     options = EsdOptions(

@@ -62,6 +62,7 @@ class EsdOptions:
     max_n: int = 50000
     batch_bytes: int = 1 << 28
     progress: bool = False
+    distributed: bool = False
 
     def summary(self) -> dict:
         """The options that shape the numbers, as plain values (stored on the report)."""

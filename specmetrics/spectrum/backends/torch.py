@@ -1,6 +1,7 @@
 """The native backend: batched eigenvalues in torch, vectorised fits, pure metrics."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from ..._threads import map_single_threaded
 from ...models.matrices import WeightMatrix, list_weight_matrices, split_matrices
 from .. import metrics as M
-from ..eigen import eigenvalues, layer_eigenvalues
+from ..eigen import eigenvalues, layer_eigenvalues, plan_batches
 from ..powerlaw import PowerLawFit, fit_power_law
 from ..results import LayerSpectrum, SpectrumReport
 from .base import WW_TYPES, EsdOptions, skip_reason, warn_failed_fits, ww_warning
@@ -79,8 +80,8 @@ def _random_eigenvalues(w: WeightMatrix, *, seed: int, dtype, device, method: st
     return np.sort(ev.to(torch.float64).cpu().numpy())
 
 
-def analyze(source: Any, opts: EsdOptions) -> SpectrumReport:
-    """Native implementation of :func:`specmetrics.esd` (see :class:`~specmetrics.spectrum.EsdOptions`)."""
+def _plan(source: Any, opts: EsdOptions) -> tuple[list[WeightMatrix], dict[str, str]]:
+    """The matrices to analyse, in model order, and the skipped ones with the reason."""
     matrices = list_weight_matrices(source, include=opts.include, exclude=opts.exclude, func="esd")
     skipped: dict[str, str] = {}
     todo: list[WeightMatrix] = []
@@ -90,12 +91,18 @@ def analyze(source: Any, opts: EsdOptions) -> SpectrumReport:
             todo.append(w)
         else:
             skipped[w.name] = reason
-    position = {w.name: i for i, w in enumerate(todo)}
+    return todo, skipped
+
+
+def _compute(todo: list[WeightMatrix], batches, opts: EsdOptions, *, progress: bool,
+             desc: str = "eigenvalues") -> list[LayerSpectrum]:
+    """The :class:`LayerSpectrum` of the matrices in ``batches`` (indices into ``todo``)."""
     # phase 1: the eigenvalues, in large batched operations (all intra-op threads)
+    position = {w.name: i for i, w in enumerate(todo)}  # the seed of randomize: global position
     spectra = []
     for w, ev in layer_eigenvalues(todo, dtype=opts.dtype, device=opts.device,
                                    method=opts.method, batch_bytes=opts.batch_bytes,
-                                   progress=opts.progress):
+                                   progress=progress, batches=batches, desc=desc):
         rand = None
         if opts.randomize:
             rand = _random_eigenvalues(w, seed=opts.seed + position[w.name], dtype=opts.dtype,
@@ -119,19 +126,66 @@ def analyze(source: Any, opts: EsdOptions) -> SpectrumReport:
         return LayerSpectrum(w.name, w.kind, w.shape, w.n_params, ev, fits, row)
 
     bar = None
-    if opts.progress:
+    if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(spectra), desc="fits", unit="matrix")
     try:
         # the truncated power law runs the `powerlaw` package, which is not thread-safe
         workers = 1 if opts.distribution == "truncated_power_law" else None
-        layers = map_single_threaded(measure, spectra, workers=workers,
-                                     on_done=None if bar is None else (lambda _: bar.update()))
+        return map_single_threaded(measure, spectra, workers=workers,
+                                   on_done=None if bar is None else (lambda _: bar.update()))
     finally:
         if bar is not None:
             bar.close()
-    results = {layer.name: layer for layer in layers}
-    warn_failed_fits(results)
-    ordered = {w.name: results[w.name] for w in todo}
+
+
+def _payload(layer: LayerSpectrum) -> tuple:
+    """A picklable copy of a :class:`LayerSpectrum` (its mappings are read-only proxies)."""
+    return (layer.name, layer.kind, layer.shape, layer.n_params, np.asarray(layer.eigenvalues),
+            dict(layer.fits), dict(layer.metrics))
+
+
+def _analyze_distributed(source: Any, opts: EsdOptions) -> tuple[dict, dict, bool]:
+    """Layers of every matrix in model order, computed in shares by the ranks (see
+    :mod:`specmetrics.spectrum.distributed`); returns ``(layers, skipped, is_rank_0)``."""
+    from .. import distributed as D
+
+    with D.process_group(opts.device) as (rank, world, device):
+        local = dataclasses.replace(opts, device=device)
+        plan: dict = {}
+
+        def listing():
+            plan["todo"], plan["skipped"] = _plan(source, local)
+            settings = {k: v for k, v in opts.summary().items() if k != "device"}
+            settings.update(min_evals=opts.min_evals, max_evals=opts.max_evals,
+                            max_n=opts.max_n, batch_bytes=opts.batch_bytes)
+            return D.fingerprint(plan["todo"], plan["skipped"], settings), len(plan["todo"])
+
+        D.check_same_everywhere(D.gather_or_raise(listing))
+        todo = plan["todo"]
+        batches = plan_batches(todo, dtype=opts.dtype, batch_bytes=opts.batch_bytes)
+        costs = [sum(D.matrix_cost(todo[i]) for i in b) for b in batches]
+        share = [batches[j] for j in D.balanced_split(costs, world)[rank]]
+        desc = f"eigenvalues (rank 0 of {world}: {sum(map(len, share))} of {len(todo)})"
+
+        def compute():
+            layers = _compute(todo, share, local, progress=opts.progress and rank == 0, desc=desc)
+            return [_payload(layer) for layer in layers]
+
+        gathered = D.gather_or_raise(compute)
+    layers = {p[0]: LayerSpectrum(*p) for part in gathered for p in part}
+    return {w.name: layers[w.name] for w in todo}, plan["skipped"], rank == 0
+
+
+def analyze(source: Any, opts: EsdOptions) -> SpectrumReport:
+    """Native implementation of :func:`specmetrics.esd` (see :class:`~specmetrics.spectrum.EsdOptions`)."""
+    if opts.distributed:
+        ordered, skipped, warn = _analyze_distributed(source, opts)
+    else:
+        todo, skipped = _plan(source, opts)
+        layers = {layer.name: layer for layer in _compute(todo, None, opts, progress=opts.progress)}
+        ordered, warn = {w.name: layers[w.name] for w in todo}, True
+    if warn:  # rank 0 only under distributed=True
+        warn_failed_fits(ordered)
     return SpectrumReport(ordered, backend="torch", skipped=skipped, settings=opts.summary())
