@@ -64,7 +64,9 @@ def test_gradients_are_those_of_the_reference(device):
     ref = [t.clone().requires_grad_() for t in (x, gate, up, down)]
     mlp_ref.sparse_mlp(*ref, 0.1).square().sum().backward()
     for got, want in zip(leaves, ref):
-        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-4)
+        # float32 sums in another order: absolute error relative to the gradient's scale
+        scale = float(want.grad.abs().max())
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_torch_compile_traces_the_public_functions_without_graph_breaks(device):
