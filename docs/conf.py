@@ -62,7 +62,19 @@ import warnings
 import numpy as np
 import torch
 import specmetrics
-from specmetrics import *  # docstring examples call public names unqualified
+import importlib as _importlib, pkgutil as _pkgutil
+# docstring examples call the public names of their own module unqualified: every module's
+# __all__ is in scope (the top level last, so its names win)
+for _m in _pkgutil.walk_packages(specmetrics.__path__, "specmetrics."):
+    if ".cli" in _m.name or _m.name.rsplit(".", 1)[-1].startswith("_"):
+        continue
+    try:
+        _mod = _importlib.import_module(_m.name)
+    except ImportError:  # an optional dependency that is absent
+        continue
+    globals().update({_n: getattr(_mod, _n) for _n in getattr(_mod, "__all__", ())
+                      if hasattr(_mod, _n)})
+from specmetrics import *
 torch.manual_seed(0)
 """
 

@@ -33,7 +33,7 @@ active features is ``Binomial(m, p)``; ``E‖α‖₁ = a/2`` and ``E max α = E
 
     ``S₁* = (a/2) / (1 − (1 − (1 − p)^{m+1}) / ((m + 1) p))``
 
-which for large ``m`` is the Poisson form ``(a/2) / (1 − (1 − e^{−a}) / a)`` (1.7615 at
+which for large ``m`` is the Poisson form ``(a/2) / (1 − (1 − e^{−a}) / a)`` (1.7616 at
 ``a = 2``). :func:`oracle_s1` computes either; :func:`implied_a` inverts it, turning a measured
 ``S₁`` or ``L_norm`` into an equivalent number of active features per sample.
 """
@@ -70,7 +70,7 @@ def oracle_s1(a: float, *, n_features: Optional[int] = None) -> float:
     Examples
     --------
     >>> round(oracle_s1(2.0), 4)
-    1.7615
+    1.7616
     """
     func = "oracle_s1"
     a = check_real(a, name="a", func=func, requirement="a real number > 0")
