@@ -340,8 +340,8 @@ class DSnoTConfig:
     same_sign : bool or None, default None
         Stop a row rather than flip the sign of its expected error (``--without_same_sign
         False``); ``None``: the reference's default, off for unstructured, on for N:M. On rows
-        much narrower than an LLM's, where 50 swaps are a large part of the row, ``True`` keeps
-        the swaps that help (see ``benchmarks/RESULTS-allocators.md``).
+        much narrower than an LLM's, where 50 swaps are a large part of the row, ``True`` stops
+        each row before a swap that would overshoot its error.
 
     Notes
     -----

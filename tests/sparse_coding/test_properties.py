@@ -14,7 +14,7 @@ Learned dictionary
       test), at the paper's noise σ = 0.1 and the hardest sparsity allowed, ``a = 0.08 d``.
 
 Measured (2-core shared CPU): default size ratio L_norm / S₁* between 1.02 and 1.16 over seeds
-for a in [1, 1.92]; see benchmarks/RESULTS-sparse_coding.md for the slow ones.
+for a in [1, 1.92]; see benchmarks/RESULTS.md (sparse coding) for the slow ones.
 """
 from __future__ import annotations
 
