@@ -44,7 +44,7 @@ import torch
 
 from .._validation import check_choice, check_interval, fail
 from ..calibration.stats import input_weighted_magnitude
-from ..models.blocks import weight_out_in
+from .owl import unit_weights_and_norms
 from .configs import register
 from .mapping import NORMALIZATIONS, normalize_scores
 
@@ -86,16 +86,9 @@ def dlp_unimportance(model, units: Mapping[str, Sequence[str]],
     """
     check_choice(statistic, DLP_STATISTICS, name="statistic", func="dlp_unimportance")
     out: dict[str, float] = {}
-    for unit, names in units.items():
-        pooled = []
-        for name in names:
-            if name not in input_sq_norms:
-                raise ValueError(f"no calibration statistics for module {name!r}.")
-            norms = input_sq_norms[name]
-            if not isinstance(norms, torch.Tensor):
-                norms = torch.as_tensor(np.asarray(norms, dtype=np.float32))
-            weight = weight_out_in(model.get_submodule(name))
-            pooled.append(input_weighted_magnitude(weight, norms).reshape(-1).cpu())
+    for unit, pairs in unit_weights_and_norms(model, units, input_sq_norms):
+        pooled = [input_weighted_magnitude(w, s if isinstance(s, torch.Tensor) else torch.as_tensor(
+            np.asarray(s, dtype=np.float32))).reshape(-1).cpu() for w, s in pairs]
         if not pooled:
             out[unit] = math.nan
             continue

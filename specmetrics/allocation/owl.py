@@ -129,18 +129,37 @@ def unit_outlier_ratios(model, units: Mapping[str, Sequence[str]],
         ``{unit: percent of pooled scores above m · mean}``.
     """
     out: dict[str, float] = {}
+    for unit, pairs in unit_weights_and_norms(model, units, input_sq_norms):
+        pooled = [wanda_scores(w.float().cpu().numpy(),  # norms: a tensor possibly bf16 / GPU
+                               s.float().cpu().numpy() if isinstance(s, torch.Tensor) else s
+                               ).ravel() for w, s in pairs]
+        out[unit] = outlier_ratio(np.concatenate(pooled) if pooled else np.empty(0), m)
+    return out
+
+
+def unit_weights_and_norms(model, units: Mapping[str, Sequence[str]],
+                           input_sq_norms: Mapping[str, object]):
+    """``(unit, [(weight, sq_norms), ...])`` for each unit, in order: the matrices whose Wanda
+    scores an activation-based allocator (OWL, DLP) pools, with their input statistics.
+
+    ``weight`` is the ``(out_features, in_features)`` tensor of each named module,
+    ``sq_norms`` its per-input-channel sums of squared inputs as given (a tensor is detached).
+
+    Raises
+    ------
+    ValueError
+        When a named module has no statistics.
+    """
     for unit, names in units.items():
-        pooled = []
+        pairs = []
         for name in names:
             if name not in input_sq_norms:
                 raise ValueError(f"no calibration statistics for module {name!r}.")
-            weight = weight_out_in(model.get_submodule(name)).float().cpu().numpy()
             norms = input_sq_norms[name]
-            if hasattr(norms, "detach"):  # a torch tensor, possibly bf16 or on a GPU
-                norms = norms.detach().float().cpu().numpy()
-            pooled.append(wanda_scores(weight, norms).ravel())
-        out[unit] = outlier_ratio(np.concatenate(pooled) if pooled else np.empty(0), m)
-    return out
+            if isinstance(norms, torch.Tensor):
+                norms = norms.detach()
+            pairs.append((weight_out_in(model.get_submodule(name)), norms))
+        yield unit, pairs
 
 
 def _dense_sq_norm_pass(model, calibration, *, tokenizer, nsamples, seqlen, seed, device,
